@@ -1,0 +1,37 @@
+"""Domain exceptions.
+
+Every message names the file, subject or parameter at fault, what was expected, what came, and
+the fix. Configuration errors subclass ``ValueError`` (raised before any work starts); data and
+environment errors subclass ``RuntimeError``.
+"""
+
+
+class UdipConfigError(ValueError):
+    """A configuration value is invalid; raised before any work starts."""
+
+
+class CohortSpecError(UdipConfigError):
+    """A ``cohort.yaml`` is missing, malformed, or names files that do not exist."""
+
+
+class ScanError(RuntimeError):
+    """One scan cannot be used (unreadable, wrong grid, non-finite, empty).
+
+    Ingest records it as a row with its reason and goes on; it never stops a run.
+    """
+
+
+class GridMismatchError(ScanError):
+    """A scan is on a different voxel grid or affine than the one asked for."""
+
+
+class GenotypeError(RuntimeError):
+    """Genotype files are inconsistent (sizes, sample IDs, variant table)."""
+
+
+class CovariateError(RuntimeError):
+    """The covariate table lacks a required field or holds unusable values."""
+
+
+class WarehouseError(RuntimeError):
+    """The DuckDB warehouse is missing, locked, or holds an unexpected schema."""
