@@ -1,0 +1,184 @@
+"""The DuckDB warehouse: connections, schema creation, idempotent partition writes.
+
+Notes
+-----
+DuckDB lets one process open a file for writing, or many processes for reading, never both. Every
+write therefore opens a short-lived connection, writes one partition in one transaction, and
+closes; a process that finds the file locked by another retries for ``lock_timeout_s`` before
+giving up with a message that says which process to wait for.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from udip_assets.errors import WarehouseError
+from udip_assets.store.schema import TABLES, Table
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text or "conflicting" in text or "being used by another process" in text
+
+
+@contextmanager
+def connect(
+    path: Path, read_only: bool = False, lock_timeout_s: float = 120.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the warehouse, waiting while another process holds the write lock.
+
+    Parameters
+    ----------
+    path : Path
+        The DuckDB file. A read-only open of a file that does not exist raises
+        :class:`WarehouseError`; a read-write open creates it.
+    read_only : bool
+        Open for reading only (what ``udip sql`` does).
+    lock_timeout_s : float
+        How long to retry while another process holds the file.
+    """
+    path = Path(path)
+    if read_only and not path.exists():
+        raise WarehouseError(
+            f"the warehouse {path} does not exist yet; run `make demo` (or `udip materialize "
+            "--cohort NAME`) to build it, or set UDIP_HOME to the folder that holds warehouse.duckdb"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + lock_timeout_s
+    delay = 0.1
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as exc:
+            if not _is_lock_error(exc) or time.monotonic() > deadline:
+                raise WarehouseError(
+                    f"cannot open the warehouse {path}: {exc}. Another udip or Dagster process is "
+                    "writing it; wait for that run to finish and try again"
+                ) from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection, tables: Mapping[str, Table] = TABLES) -> None:
+    """Create every table that is missing, add columns that a newer schema has, set comments.
+
+    Never drops or rewrites data: a column removed from the schema stays in an old file.
+    """
+    for table in tables.values():
+        cols = ", ".join(f"{_quote(name)} {dtype}" for name, dtype in table.columns)
+        con.execute(f"CREATE TABLE IF NOT EXISTS {_quote(table.name)} ({cols})")
+        existing = {
+            row[0]
+            for row in con.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [table.name]
+            ).fetchall()
+        }
+        for name, dtype in table.columns:
+            if name not in existing:
+                nullable = dtype.replace(" NOT NULL", "")
+                con.execute(f"ALTER TABLE {_quote(table.name)} ADD COLUMN {_quote(name)} {nullable}")
+        # DuckDB takes no parameter in COMMENT ON; the grain is our own constant, quoted.
+        con.execute(f"COMMENT ON TABLE {_quote(table.name)} IS {_sql_string(table.grain)}")
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def replace_partition(
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    rows: pd.DataFrame,
+    partition: Mapping[str, Any],
+) -> int:
+    """Replace one partition's rows of ``table`` with ``rows``, in one transaction.
+
+    Parameters
+    ----------
+    con : duckdb connection (read-write)
+    table : Table
+        Target table; ``ensure_schema`` is applied first.
+    rows : DataFrame
+        New rows. Columns must be a subset of the table's; missing columns are written as NULL.
+        Every row must carry the partition's values in the partition columns.
+    partition : mapping column -> value
+        Must name exactly ``table.partition_by``.
+
+    Returns
+    -------
+    int
+        Rows written.
+
+    Notes
+    -----
+    Delete-then-insert inside one transaction makes a re-run replace its partition: row counts do
+    not grow, and a failure half way rolls back to the previous contents.
+    """
+    if set(partition) != set(table.partition_by):
+        raise WarehouseError(
+            f"table {table.name} is partitioned by {list(table.partition_by)}, got {sorted(partition)}"
+        )
+    unknown = [c for c in rows.columns if c not in table.column_names]
+    if unknown:
+        raise WarehouseError(f"table {table.name} has no column(s) {unknown}; the schema has {table.column_names}")
+    for col, value in partition.items():
+        if col in rows.columns and len(rows) and not (rows[col] == value).all():
+            raise WarehouseError(f"rows for {table.name} carry {col} values other than the partition's {value!r}")
+    frame = rows.reindex(columns=table.column_names)
+    for col, value in partition.items():
+        frame[col] = value
+    ensure_schema(con, {table.name: table})
+    where = " AND ".join(f"{_quote(c)} = ?" for c in table.partition_by)
+    params = [partition[c] for c in table.partition_by]
+    cols = ", ".join(_quote(c) for c in table.column_names)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f"DELETE FROM {_quote(table.name)} WHERE {where}", params)
+        con.register("_udip_incoming", frame)
+        con.execute(f"INSERT INTO {_quote(table.name)} ({cols}) SELECT {cols} FROM _udip_incoming")
+        con.unregister("_udip_incoming")
+        _check_key(con, table, where, params)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return len(frame)
+
+
+def _check_key(con: duckdb.DuckDBPyConnection, table: Table, where: str, params: list[Any]) -> None:
+    keys = ", ".join(_quote(c) for c in table.key)
+    dup = con.execute(
+        f"SELECT {keys}, count(*) AS n FROM {_quote(table.name)} WHERE {where} "
+        f"GROUP BY {keys} HAVING count(*) > 1 LIMIT 3",
+        params,
+    ).fetchall()
+    if dup:
+        raise WarehouseError(f"table {table.name}: key {list(table.key)} is not unique, e.g. {dup}")
+
+
+def write_partition(path: Path, table: Table, rows: pd.DataFrame, partition: Mapping[str, Any]) -> int:
+    """Open the warehouse at ``path``, replace one partition of ``table``, close. Returns rows written."""
+    with connect(path) as con:
+        return replace_partition(con, table, rows, partition)
+
+
+def read_frame(path: Path, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
+    """Run a read-only query against the warehouse and return a DataFrame."""
+    with connect(path, read_only=True) as con:
+        return con.execute(sql, params or []).df()

@@ -1,0 +1,87 @@
+"""Subjects: covariates at the kept visit, last usable visit, every drop with its reason."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from udip_assets.cohort.covariates import covariates_at_visit, deduplicate_eids
+from udip_assets.cohort.splits import SplitConfig
+from udip_assets.cohort.subjects import build_subjects
+
+
+def _covariate_table(eids):
+    rng = np.random.default_rng(0)
+    n = len(eids)
+    t = pd.DataFrame({"eid": eids, "31-0.0": rng.integers(0, 2, n), "21000-0.0": 1001})
+    for v in (2, 3):
+        t[f"21003-{v}.0"] = 60.0 + v + np.arange(n)
+        t[f"25735-{v}.0"] = 0.3
+        t[f"54-{v}.0"] = 11025
+    for i in range(1, 11):
+        t[f"22009-0.{i}"] = rng.normal(size=n)
+    return t
+
+
+def _scans(rows):
+    return pd.DataFrame(rows, columns=["subject_id", "visit", "path", "status", "error"])
+
+
+@pytest.fixture
+def cohort():
+    eids = [str(1000 + i) for i in range(8)]
+    scans = _scans(
+        [(e, 2, f"/s/{e}_2", "ok", None) for e in eids]
+        + [("1001", 3, "/s/1001_3", "ok", None),  # second visit, usable: kept
+           ("1002", 3, "/s/1002_3", "unreadable", "truncated")]  # bad second visit: fall back to 2
+    )
+    scans.loc[scans["subject_id"] == "1003", ["status", "error"]] = ["empty", "all zeros"]
+    table = _covariate_table(eids)
+    table.loc[table["eid"] == "1004", "21003-2.0"] = np.nan
+    table = pd.concat([table, table[table["eid"] == "1005"].assign(**{"21003-2.0": 99.0})])
+    genotyped = [e for e in eids if e != "1006"]
+    kinship = pd.DataFrame({"ID1": ["1000", "1001"], "ID2": ["1007", "1006"], "HetHet": 0.1, "IBS0": 0.0,
+                            "Kinship": [0.25, 0.25]})
+    return scans, table, genotyped, kinship
+
+
+def test_each_problem_gives_its_own_reason(cohort):
+    out = build_subjects(*cohort, SplitConfig(0.3, 0.2, seed=1)).set_index("subject_id")
+    assert "no usable scan" in out.at["1003", "drop_reason"] and "empty" in out.at["1003", "drop_reason"]
+    assert "21003-2.0" in out.at["1004", "drop_reason"]
+    assert "appears 2 times" in out.at["1005", "drop_reason"]
+    assert "no genotypes" in out.at["1006", "drop_reason"]
+    # 1000 and 1007 are siblings: exactly one of them is dropped, naming the other.
+    dropped = [s for s in ("1000", "1007") if not out.at[s, "kept"]]
+    assert len(dropped) == 1
+    other = {"1000": "1007", "1007": "1000"}[dropped[0]]
+    assert other in out.at[dropped[0], "drop_reason"]
+    # 1001's relative 1006 has no genotypes, so the pair does not cost 1001 its place.
+    assert out.at["1001", "kept"]
+
+
+def test_last_usable_visit_and_its_covariates(cohort):
+    out = build_subjects(*cohort, SplitConfig(0.3, 0.2, seed=1)).set_index("subject_id")
+    assert out.at["1001", "visit"] == 3 and out.at["1001", "age_years"] == pytest.approx(60.0 + 3 + 1)
+    assert out.at["1002", "visit"] == 2 and out.at["1002", "n_visits"] == 2
+    assert out.at["1002", "age_years"] == pytest.approx(60.0 + 2 + 2)
+
+
+def test_only_kept_subjects_have_a_split(cohort):
+    out = build_subjects(*cohort, SplitConfig(0.3, 0.2, seed=1))
+    assert out.loc[out["kept"], "split"].isin(["train", "val", "inference"]).all()
+    assert out.loc[~out["kept"], "split"].isna().all()
+    assert out["subject_id"].is_unique
+
+
+def test_identical_duplicate_rows_are_merged_silently():
+    t = _covariate_table(["1", "2"])
+    clean, conflicts = deduplicate_eids(pd.concat([t, t.iloc[[0]]]))
+    assert conflicts == {} and clean["eid"].tolist() == ["1", "2"]
+
+
+def test_visit_fields_read_per_instance():
+    t = _covariate_table(["1", "2"])
+    cov = covariates_at_visit(t, pd.Series(["1", "2"]), pd.Series([2, 3]))
+    assert cov["age_years"].tolist() == [62.0, 64.0]
+    assert cov["pc3"].tolist() == t["22009-0.3"].tolist()
+    assert cov["missing"].isna().all()
