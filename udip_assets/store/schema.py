@@ -53,7 +53,7 @@ SCANS = Table(
         ("status", "VARCHAR NOT NULL"),
         ("error", "VARCHAR"),
         ("shape", "VARCHAR"),
-        ("voxel_mm", "DOUBLE"),
+        ("voxel_mm", "VARCHAR"),
         ("n_nonzero", "BIGINT"),
         ("mean_intensity", "DOUBLE"),
         ("checked_at", "TIMESTAMP NOT NULL"),

@@ -83,13 +83,19 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, tables: Mapping[str, Table] = 
     for table in tables.values():
         cols = ", ".join(f"{_quote(name)} {dtype}" for name, dtype in table.columns)
         con.execute(f"CREATE TABLE IF NOT EXISTS {_quote(table.name)} ({cols})")
-        existing = {
-            row[0]
-            for row in con.execute(
-                "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [table.name]
+        existing = dict(
+            con.execute(
+                "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ?", [table.name]
             ).fetchall()
-        }
+        )
         for name, dtype in table.columns:
+            want = dtype.replace(" NOT NULL", "")
+            if name in existing and existing[name] != want:
+                raise WarehouseError(
+                    f"table {table.name}.{name} is {existing[name]} in the warehouse but {want} in this "
+                    f"version of udip; drop the table (it is rebuilt by re-materializing its asset) or "
+                    "delete the warehouse file"
+                )
             if name not in existing:
                 nullable = dtype.replace(" NOT NULL", "")
                 con.execute(f"ALTER TABLE {_quote(table.name)} ADD COLUMN {_quote(name)} {nullable}")

@@ -1,0 +1,46 @@
+# udip: the two commands are `make demo` and `make test`; both set up what they need and are
+# idempotent (a second run reuses the venv, the cohort and unchanged results).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+export UDIP_HOME ?= $(CURDIR)/.udip
+
+DEMO_NAME     ?= demo
+DEMO_SUBJECTS ?= 1200
+DEMO_SEED     ?= 0
+
+.PHONY: install demo test lint ui where clean-demo
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first and pinned: 2.13.0 is a CPU build on this machine's disk; anything looser would let
+# the resolver pull a multi-GB CUDA build. requirements.lock pins everything else.
+$(STAMP): pyproject.toml requirements.lock | $(BIN)/python
+	$(PIP) install torch==2.13.0 -c requirements.lock
+	$(PIP) install -e '.[dev]' -c requirements.lock
+	@touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/udip synth --name $(DEMO_NAME) --subjects $(DEMO_SUBJECTS) --resolution 2 --seed $(DEMO_SEED)
+	$(BIN)/udip materialize --cohort $(DEMO_NAME)
+	$(BIN)/udip sql "SELECT status, count(*) AS n FROM scans WHERE cohort = '$(DEMO_NAME)' GROUP BY 1 ORDER BY 2 DESC"
+	$(BIN)/udip sql "SELECT split, kept, count(*) AS n FROM subjects WHERE cohort = '$(DEMO_NAME)' GROUP BY ALL ORDER BY ALL"
+	@$(BIN)/udip where
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check udip_assets udip_assets_tests benchmarks
+
+ui: install
+	@$(BIN)/python -c "from udip_assets.defs.run import ensure_dagster_home; ensure_dagster_home()"
+	DAGSTER_HOME=$(UDIP_HOME)/dagster $(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+where: install
+	@$(BIN)/udip where

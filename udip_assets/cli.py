@@ -1,0 +1,99 @@
+"""The ``udip`` command: make a synthetic cohort, run the pipeline, query the warehouse."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from udip_assets import paths
+from udip_assets.errors import UdipConfigError, WarehouseError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """udip: brain MRI -> ViT-UDIPs -> GWAS -> loci. State lives in $UDIP_HOME (default ./.udip)."""
+
+
+@main.command()
+@click.option("--name", default="demo", show_default=True, help="Cohort name (folder under $UDIP_HOME/cohorts).")
+@click.option("--subjects", "n_subjects", default=1200, show_default=True, type=int, help="Number of subjects.")
+@click.option("--resolution", default=2, show_default=True, type=click.Choice(["1", "2"]),
+              help="Voxel size in mm: 1 = UK Biobank grid 182x218x182, 2 = fast 91x109x91.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed; the same seed gives the same files.")
+@click.option("--with-faults", is_flag=True, help="Add realistic damage (truncated .gz, wrong grid, NaNs, ...).")
+@click.option("--force", is_flag=True, help="Regenerate even if the cohort exists with other settings.")
+def synth(name: str, n_subjects: int, resolution: str, seed: int, with_faults: bool, force: bool) -> None:
+    """Generate a synthetic UK Biobank-like cohort with planted causal SNPs (truth.json)."""
+    from udip_assets.cohort.synth_build import generate_cohort
+    from udip_assets.cohort.synthetic import SynthConfig
+
+    try:
+        cfg = SynthConfig(name=name, n_subjects=n_subjects, resolution_mm=int(resolution), seed=seed,
+                          with_faults=with_faults)
+        spec = generate_cohort(cfg, paths.cohorts_dir() / name, force=force)
+    except UdipConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"cohort {spec.name} ready at {spec.root} (cohort.yaml, scans/, genotypes/, truth.json)")
+
+
+@main.command()
+@click.option("--cohort", required=True, help="Cohort name (a folder under $UDIP_HOME/cohorts with cohort.yaml).")
+@click.option("--select", "selection", default=None, help="Dagster asset selection, e.g. 'group:ingest'.")
+def materialize(cohort: str, selection: str | None) -> None:
+    """Run the asset graph for one cohort, recorded in the Dagster instance under $UDIP_HOME/dagster."""
+    from udip_assets.defs.run import materialize_cohort
+
+    if not (paths.cohorts_dir() / cohort / "cohort.yaml").exists():
+        raise click.ClickException(
+            f"no cohort.yaml in {paths.cohorts_dir() / cohort}; run `udip synth --name {cohort}` or create one"
+        )
+    result = materialize_cohort(cohort, selection=selection)
+    for event in result.all_events:
+        if event.is_step_failure:
+            click.echo(f"FAILED {event.step_key}: {event.event_specific_data.error.message.strip()}", err=True)
+    if not result.success:
+        sys.exit(1)
+    click.echo(f"materialized cohort {cohort}: run {result.run_id}")
+
+
+@main.command()
+@click.argument("query")
+@click.option("--csv", "as_csv", is_flag=True, help="Machine-readable CSV on stdout.")
+@click.option("--db", type=click.Path(path_type=Path), default=None, help="Warehouse file (default $UDIP_HOME).")
+def sql(query: str, as_csv: bool, db: Path | None) -> None:
+    """Run a read-only SQL QUERY against the warehouse and print the result."""
+    import duckdb
+
+    from udip_assets.store.warehouse import connect
+
+    try:
+        with connect(db or paths.warehouse_path(), read_only=True, lock_timeout_s=30) as con:
+            frame = con.execute(query).df()
+    except WarehouseError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except duckdb.Error as exc:
+        raise click.ClickException(f"query failed: {exc}") from exc
+    if as_csv:
+        frame.to_csv(sys.stdout, index=False)
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 200):
+            click.echo(frame.to_string(index=False) if len(frame) else "(no rows)")
+
+
+@main.command()
+def where() -> None:
+    """Print where results live and how to look at them."""
+    home = paths.udip_home()
+    click.echo(f"UDIP_HOME      {home}")
+    click.echo(f"warehouse      {paths.warehouse_path()}   (udip sql \"SELECT * FROM scans LIMIT 5\")")
+    click.echo(f"cohorts        {paths.cohorts_dir()}")
+    click.echo(f"artifacts      {paths.artifacts_dir()}")
+    click.echo(f"Dagster UI     make ui   (then open http://127.0.0.1:3000)")
+
+
+if __name__ == "__main__":
+    main()

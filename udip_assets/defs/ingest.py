@@ -1,0 +1,124 @@
+"""Ingest assets: scan_manifest -> subjects -> preprocessed_scans, one partition per cohort."""
+
+
+import dagster as dg
+
+from udip_assets.cohort.covariates import read_ukbb_table
+from udip_assets.cohort.ingest import preprocess_subjects, validate_cohort_scans
+from udip_assets.cohort.spec import load_cohort
+from udip_assets.cohort.splits import SplitConfig
+from udip_assets.cohort.subjects import build_subjects
+from udip_assets.defs.partitions import cohort_partitions
+from udip_assets.defs.resources import UdipHome
+from udip_assets.genetics.plink import read_fam
+from udip_assets.genetics.relatedness import read_ukb_rel
+from udip_assets.imaging.preprocess import PreprocessConfig
+from udip_assets.store.schema import PREPROCESSED_SCANS, SCANS, SUBJECTS
+
+
+@dg.asset(partitions_def=cohort_partitions, group_name="ingest", kinds={"duckdb", "nifti"})
+def scan_manifest(context: dg.AssetExecutionContext, home: UdipHome) -> dg.MaterializeResult:
+    """Every T1 scan of the cohort, validated (readable, grid and affine, finite, non-empty).
+
+    A bad scan becomes a row with its status and reason; it never fails the run.
+    """
+    spec = load_cohort(home.cohort_dir(context.partition_key))
+    rows = validate_cohort_scans(spec)
+    home.write(SCANS, rows, cohort=spec.name)
+    by_status = rows["status"].value_counts().to_dict()
+    for bad in rows[rows["status"] != "ok"].itertuples():
+        context.log.warning(f"scan {bad.path}: {bad.status}: {bad.error}")
+    return dg.MaterializeResult(
+        metadata={
+            "n_scans": len(rows),
+            "n_ok": int(by_status.get("ok", 0)),
+            "by_status": dg.MetadataValue.json({k: int(v) for k, v in by_status.items()}),
+            "grid": spec.grid.name,
+        }
+    )
+
+
+class SubjectsConfig(dg.Config):
+    """Mirrors :class:`udip_assets.cohort.splits.SplitConfig` plus the kinship threshold."""
+
+    train_fraction: float = SplitConfig().train_fraction
+    val_fraction: float = SplitConfig().val_fraction
+    split_seed: int = 0
+    kinship_threshold: float = 0.0884
+
+    def to_domain(self) -> SplitConfig:
+        return SplitConfig(self.train_fraction, self.val_fraction, self.split_seed)
+
+
+@dg.asset(partitions_def=cohort_partitions, group_name="ingest", deps=[scan_manifest], kinds={"duckdb"})
+def subjects(context: dg.AssetExecutionContext, config: SubjectsConfig, home: UdipHome) -> dg.MaterializeResult:
+    """One row per subject: covariates of the last usable visit, unrelated set, train/val/inference split."""
+    split = config.to_domain()
+    spec = load_cohort(home.cohort_dir(context.partition_key))
+    scans = home.query("SELECT subject_id, visit, path, status, error FROM scans WHERE cohort = ?", [spec.name])
+    kinship = read_ukb_rel(spec.relatedness) if spec.relatedness else None
+    fam = read_fam(spec.genotypes.with_name(spec.genotypes.name + ".fam"))
+    rows = build_subjects(
+        scans, read_ukbb_table(spec.covariates), fam["iid"].astype(str), kinship, split,
+        kinship_threshold=config.kinship_threshold,
+    )
+    home.write(SUBJECTS, rows, cohort=spec.name)
+    kept = rows[rows["kept"]]
+    reasons = rows.loc[~rows["kept"], "drop_reason"].str.split(":").str[0].str.slice(0, 60)
+    return dg.MaterializeResult(
+        metadata={
+            "n_subjects": len(rows),
+            "n_kept": len(kept),
+            "n_dropped": int((~rows["kept"]).sum()),
+            "by_split": dg.MetadataValue.json({k: int(v) for k, v in kept["split"].value_counts().items()}),
+            "drop_reasons": dg.MetadataValue.json({k: int(v) for k, v in reasons.value_counts().items()}),
+            "config": dg.MetadataValue.json(config.model_dump()),
+        }
+    )
+
+
+class PreprocessAssetConfig(dg.Config):
+    """Mirrors :class:`udip_assets.imaging.preprocess.PreprocessConfig`."""
+
+    patch: list[int] = list(PreprocessConfig().patch)
+    cache_dtype: str = PreprocessConfig().cache_dtype
+
+    def to_domain(self) -> PreprocessConfig:
+        return PreprocessConfig(patch=tuple(self.patch), cache_dtype=self.cache_dtype)
+
+
+@dg.asset(partitions_def=cohort_partitions, group_name="ingest", deps=[subjects], kinds={"duckdb", "numpy"})
+def preprocessed_scans(
+    context: dg.AssetExecutionContext, config: PreprocessAssetConfig, home: UdipHome
+) -> dg.MaterializeResult:
+    """Kept subjects' scans padded to whole patches, brain-masked, z-scored, cached as .npy."""
+    cfg = config.to_domain()
+    spec = load_cohort(home.cohort_dir(context.partition_key))
+    kept = home.query(
+        "SELECT subject_id, visit, scan_path, split FROM subjects WHERE cohort = ? AND kept ORDER BY subject_id",
+        [spec.name],
+    )
+    previous = home.query("SELECT * FROM preprocessed_scans WHERE cohort = ?", [spec.name]) if _has_rows(home) else None
+    cache_dir = home.artifacts("preprocessed", spec.name, f"{spec.grid.name}_{cfg.cache_dtype}")
+    rows, failures = preprocess_subjects(kept, spec, cache_dir, cfg, previous=previous)
+    for sid, reason in failures.items():
+        context.log.error(f"subject {sid} could not be preprocessed: {reason}")
+    home.write(PREPROCESSED_SCANS, rows, cohort=spec.name)
+    return dg.MaterializeResult(
+        metadata={
+            "n_scans": len(rows),
+            "n_failed": len(failures),
+            "cache_dir": dg.MetadataValue.path(str(cache_dir)),
+            "shape": rows["shape"].iloc[0] if len(rows) else None,
+            "seconds_per_scan": float(rows["seconds"].mean()) if len(rows) else None,
+            "config": dg.MetadataValue.json(config.model_dump()),
+        }
+    )
+
+
+def _has_rows(home: UdipHome) -> bool:
+    tables = home.query("SELECT table_name FROM duckdb_tables() WHERE table_name = 'preprocessed_scans'")
+    return not tables.empty
+
+
+ingest_assets = [scan_manifest, subjects, preprocessed_scans]

@@ -1,0 +1,58 @@
+"""Session fixtures: a private UDIP_HOME and one small synthetic cohort with every fault."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from udip_assets.cohort.synthetic import PlantedEffect, SynthConfig
+
+TINY_EFFECTS = (
+    PlantedEffect("ventricles", variance_explained=0.45),
+    PlantedEffect("hippocampus", variance_explained=0.45),
+    PlantedEffect("thalamus", kind="shape", variance_explained=0.3),
+)
+
+
+def tiny_config(name: str = "tiny", seed: int = 11, with_faults: bool = True, n_subjects: int = 60) -> SynthConfig:
+    """A cohort small enough for tests: 60 subjects, 2 mm, two 3 Mb chromosomes, three planted SNPs."""
+    return SynthConfig(
+        name=name, n_subjects=n_subjects, resolution_mm=2, seed=seed, with_faults=with_faults,
+        chromosomes=(6, 11), chrom_length_bp=3_000_000, min_causal_spacing_bp=800_000,
+        second_visit_fraction=0.2, effects=TINY_EFFECTS,
+    )
+
+
+@pytest.fixture(scope="session")
+def udip_home(tmp_path_factory):
+    """A fresh UDIP_HOME for the whole session (restored afterwards)."""
+    home = tmp_path_factory.mktemp("udip_home")
+    old = os.environ.get("UDIP_HOME")
+    os.environ["UDIP_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("UDIP_HOME", None)
+    else:
+        os.environ["UDIP_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(udip_home):
+    """The tiny cohort, generated once per session under the session's UDIP_HOME."""
+    from udip_assets.cohort.synth_build import generate_cohort
+
+    return generate_cohort(tiny_config(), udip_home / "cohorts" / "tiny", progress=False)
+
+
+@pytest.fixture(scope="session")
+def ingested(tiny_cohort, udip_home):
+    """The tiny cohort ingested through the real Dagster graph: (spec, warehouse path, instance, result)."""
+    import dagster as dg
+
+    from udip_assets.defs.run import materialize_cohort
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize_cohort("tiny", instance=instance)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    return tiny_cohort, udip_home / "warehouse.duckdb", instance, result
