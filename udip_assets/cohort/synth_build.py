@@ -66,6 +66,8 @@ def generate_cohort(cfg: SynthConfig, out_dir: Path, force: bool = False, progre
         done.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 1]))
+    say = tqdm.write if progress else (lambda _msg: None)
+    say(f"[{cfg.name}] simulating genotypes: {cfg.n_subjects} subjects, chromosomes {list(cfg.chromosomes)} (msprime)")
     geno = simulate_genotypes(
         GenotypeSimConfig(n_samples=cfg.n_subjects, chromosomes=cfg.chromosomes, chrom_length_bp=cfg.chrom_length_bp),
         seed=cfg.seed,
@@ -74,6 +76,7 @@ def generate_cohort(cfg: SynthConfig, out_dir: Path, force: bool = False, progre
     causal = choose_causal_snps(geno.variants, cfg, rng)
     volume, shape, causal = plant_effects(geno.dosage, causal, cfg, rng)
     people = _make_people(eids, geno.population, cfg, rng)
+    say(f"[{cfg.name}] {geno.dosage.shape[1]} SNPs; planted {len(causal)} causal SNPs; computing PCs and kinship")
     pcs, _ = genetic_pcs(geno.dosage, n_pcs=10, seed=cfg.seed)
     faults = _plan_faults(eids, rng) if cfg.with_faults else {}
 

@@ -9,11 +9,11 @@ Notes
 -----
 The phenotype model. For subject i and region r, the log volume change applied to the template is
 
-    v_ir = sum_k beta_k (g_ik - 2 p_k) + e_ir,   e_ir ~ N(0, region_sd^2)
+    v_ir = sum_k beta_k (g_ik - 2 p_k) + e_ir,   e_ir ~ N(0, sd^2)
 
-over the causal SNPs k acting on r (g = count of the SNP's a1 allele, p its frequency). beta_k is
-set from a target variance explained q_k of v_r: beta_k = region_sd sqrt(q_k / (1 - q_k)) / sqrt(2 p_k
-(1 - p_k)). Age atrophy, sex and ancestry act through head size and the renderer's age model, on top.
+over the causal SNPs k acting on r (g = count of the SNP's a1 allele, p its frequency), with
+sd = region_sd for volume and region_sd * SHAPE_SD_FACTOR for shape (log stretch). beta_k is set from a
+target variance explained q_k of v_r: beta_k = sd sqrt(q_k / (1 - q_k)) / sqrt(2 p_k (1 - p_k)). Age atrophy, sex and ancestry act through head size and the renderer's age model, on top.
 
 Detectability. A SNP is marked ``detectable`` when a GWAS of the region volume itself on the
 expected number of GWAS subjects has at least 80% power at 5e-8/128: non-centrality n q / (1 - q),
@@ -35,6 +35,10 @@ from udip_assets.cohort.splits import SplitConfig
 from udip_assets.errors import UdipConfigError
 
 GWAS_ALPHA = 5e-8 / 128
+MAX_LOG_VOLUME = 0.35
+MAX_STRETCH = 0.09
+# Shape (stretch) varies less than volume between people; its noise sd is this fraction of region_sd.
+SHAPE_SD_FACTOR = 0.25
 CENTRES = (11025, 11026, 11027, 11028)  # UKBB imaging centres: Cheadle, Reading, Newcastle, Bristol
 
 
@@ -177,19 +181,23 @@ def plant_effects(
     causal = causal.copy()
     p = causal["a1_freq"].to_numpy()
     q = causal["variance_explained"].to_numpy()
-    causal["beta"] = cfg.region_sd * np.sqrt(q / (1 - q)) / np.sqrt(2 * p * (1 - p))
+    sd = np.where(causal["kind"] == "shape", cfg.region_sd * SHAPE_SD_FACTOR, cfg.region_sd)
+    causal["beta"] = sd * np.sqrt(q / (1 - q)) / np.sqrt(2 * p * (1 - p))
     n_gwas = expected_gwas_n(cfg)
     causal["power"] = [gwas_power(n_gwas, v) for v in q]
     causal["detectable"] = causal["power"] >= 0.8
     volume_regions = sorted(set(causal.loc[causal["kind"] == "volume", "region"]))
     shape_regions = sorted(set(causal.loc[causal["kind"] == "shape", "region"]))
     volume = pd.DataFrame(rng.normal(0, cfg.region_sd, (n, len(volume_regions))), columns=volume_regions)
-    shape = pd.DataFrame(rng.normal(0, cfg.region_sd, (n, len(shape_regions))), columns=shape_regions)
+    shape_sd = cfg.region_sd * SHAPE_SD_FACTOR
+    shape = pd.DataFrame(rng.normal(0, shape_sd, (n, len(shape_regions))), columns=shape_regions)
     for rec in causal.itertuples():
         g = dosage[:, rec.variant_index].astype(np.float64)
         target = volume if rec.kind == "volume" else shape
         target[rec.region] += rec.beta * (g - 2 * rec.a1_freq)
-    return volume, shape, causal
+    # The renderer accepts log volume changes up to +-0.4 and stretches up to +-0.1; clipping just
+    # inside (beyond 3.5 sd of each) touches ~1 subject in 2,000 and keeps every scan renderable.
+    return volume.clip(-MAX_LOG_VOLUME, MAX_LOG_VOLUME), shape.clip(-MAX_STRETCH, MAX_STRETCH), causal
 
 
 def write_truth(path: Path, causal: pd.DataFrame, cfg: SynthConfig) -> None:

@@ -95,8 +95,8 @@ def test_planted_snp_changes_its_region_volume_by_the_planted_amount(tiny_cohort
         if rec.eid not in dosage:
             continue
         morph = json.loads(rec.morphology)
-        # Hold head size and age at the template's so only the region's own change is measured.
-        morph.update(head_scale=1.0, age_years=64.0)
+        # Hold head size, age and sex fixed so only the region's own change is measured.
+        morph.update(head_scale=1.0, age_years=64.0, sex=0)
         m = Morphology(**morph)
         warp = sample_warp(anatomy, m, np.random.default_rng([rec.subject_seed, 0]))
         vol = region_volume_mm3(warp_labels(anatomy, warp), MNI152_2MM, "ventricles")
@@ -112,3 +112,15 @@ def test_planted_snp_changes_its_region_volume_by_the_planted_amount(tiny_cohort
 def test_power_rule():
     assert gwas_power(1000, 0.10) > 0.99
     assert gwas_power(1000, 0.01) < 0.05
+
+
+def test_covariate_pcs_separate_the_ancestral_populations(tiny_cohort):
+    cov = pd.read_csv(tiny_cohort.covariates, dtype={"eid": str}).drop_duplicates("eid")
+    truth = pd.read_csv(tiny_cohort.root / "truth_subjects.csv", dtype={"eid": str}).drop_duplicates("eid")
+    merged = cov.merge(truth[["eid", "population"]], on="eid")
+    pc1, pop = merged["22009-0.1"].to_numpy(), merged["population"].to_numpy()
+    assert 0 < pop.sum() < len(pop)
+    # Threshold PC1 half way between the two population means: nearly everyone lands on their side.
+    cut = (pc1[pop == 0].mean() + pc1[pop == 1].mean()) / 2
+    side = (pc1 > cut) == (pc1[pop == 1].mean() > cut)
+    assert (side == (pop == 1)).mean() > 0.95
