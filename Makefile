@@ -11,7 +11,7 @@ DEMO_NAME     ?= demo
 DEMO_SUBJECTS ?= 1200
 DEMO_SEED     ?= 0
 
-.PHONY: install demo test lint ui where clean-demo
+.PHONY: install demo test test-tools lint ui where
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,17 @@ demo: install
 	$(BIN)/udip sql "SELECT split, kept, count(*) AS n FROM subjects WHERE cohort = '$(DEMO_NAME)' GROUP BY ALL ORDER BY ALL"
 	@$(BIN)/udip where
 
-test: install
+# PLINK 2 and PLINK 1.9 from Debian are the independent references of the GWAS and clumping tests.
+test-tools:
+	@if ! command -v plink2 >/dev/null || ! command -v plink1.9 >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq plink2 plink1.9 >/dev/null; \
+	  else \
+	    echo "plink2 / plink1.9 not found and cannot apt-get install them here: run 'sudo apt-get install plink2 plink1.9'; the PLINK comparison tests will be skipped"; \
+	  fi; \
+	fi
+
+test: install test-tools
 	$(BIN)/python -m pytest
 
 lint: install
