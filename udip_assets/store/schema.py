@@ -108,4 +108,63 @@ PREPROCESSED_SCANS = Table(
     key=("cohort", "subject_id"),
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in (SCANS, SUBJECTS, PREPROCESSED_SCANS)}
+N_UDIP_DIMS = 128
+UDIP_COLUMNS = tuple(f"udip_{d:03d}" for d in range(N_UDIP_DIMS))
+
+TRAINING_EPOCHS = Table(
+    name="training_epochs",
+    grain="one row per training run x epoch (losses, learning rate, seconds, scans/s)",
+    columns=(
+        ("cohort", "VARCHAR NOT NULL"),
+        ("run_id", "VARCHAR NOT NULL"),
+        ("epoch", "INTEGER NOT NULL"),
+        ("train_loss", "DOUBLE"),
+        ("val_loss", "DOUBLE"),
+        ("lr", "DOUBLE"),
+        ("seconds", "DOUBLE"),
+        ("scans_per_s", "DOUBLE"),
+    ),
+    partition_by=("cohort", "run_id"),
+    key=("cohort", "run_id", "epoch"),
+)
+
+CHECKPOINTS = Table(
+    name="checkpoints",
+    grain="one row per saved model (model_id = training run + epoch)",
+    columns=(
+        ("cohort", "VARCHAR NOT NULL"),
+        ("run_id", "VARCHAR NOT NULL"),
+        ("model_id", "VARCHAR NOT NULL"),
+        ("epoch", "INTEGER NOT NULL"),
+        ("path", "VARCHAR NOT NULL"),
+        ("mlflow_run_id", "VARCHAR"),
+        ("val_loss", "DOUBLE"),
+        ("is_best", "BOOLEAN NOT NULL"),
+        ("loci_count", "INTEGER"),
+        ("config_json", "VARCHAR"),
+        ("created_at", "TIMESTAMP"),
+    ),
+    partition_by=("cohort", "run_id"),
+    key=("model_id",),
+)
+
+UDIPS = Table(
+    name="udips",
+    grain="one row per subject x model_id: the 128 ViT-UDIPs of the subject's kept scan and its "
+    "reconstruction loss",
+    columns=(
+        ("cohort", "VARCHAR NOT NULL"),
+        ("model_id", "VARCHAR NOT NULL"),
+        ("subject_id", "VARCHAR NOT NULL"),
+        ("visit", "INTEGER"),
+        ("split", "VARCHAR"),
+        ("recon_loss", "DOUBLE"),
+        *((c, "FLOAT") for c in UDIP_COLUMNS),
+    ),
+    partition_by=("cohort", "model_id"),
+    key=("cohort", "model_id", "subject_id"),
+)
+
+TABLES: dict[str, Table] = {
+    t.name: t for t in (SCANS, SUBJECTS, PREPROCESSED_SCANS, TRAINING_EPOCHS, CHECKPOINTS, UDIPS)
+}
