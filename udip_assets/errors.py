@@ -29,6 +29,10 @@ class GenotypeError(RuntimeError):
     """Genotype files are inconsistent (sizes, sample IDs, variant table)."""
 
 
+class SummaryStatsError(RuntimeError):
+    """Summary statistics (a minP table, a FUMA loci file) lack a column or hold unusable values."""
+
+
 class CovariateError(RuntimeError):
     """The covariate table lacks a required field or holds unusable values."""
 

@@ -1,0 +1,567 @@
+"""Genomic risk loci from minP summary statistics, by FUMA SNP2GENE's rules.
+
+Input is the minP table (one row per SNP: its smallest p over the 128 UDIP dimensions and that
+dimension) and an :class:`~udip_assets.genetics.ld.LDCalculator` over the cohort's genotypes or a
+reference panel. Output are FUMA's tables (``GenomicRiskLoci``, ``leadSNPs``, ``IndSigSNPs``,
+``snps``) with FUMA's column names, plus the UDIP dimension columns ``dim`` and ``dims``.
+
+Steps (Watanabe et al. 2017, FUMA SNP2GENE; see ``ClumpConfig`` for each rule's meaning):
+
+1. independent significant SNPs: greedy in order of p, a significant SNP is independent if its
+   r² with every independent SNP already chosen is below ``r2_ind``;
+2. candidate SNPs: SNPs in LD (r² >= ``r2_ind``) with an independent SNP and p < ``candidate_p``;
+   an independent SNP's LD block spans its candidates;
+3. lead SNPs: the independent SNPs clumped again, greedily, at r² < ``r2_lead``;
+4. genomic risk loci: lead SNPs with their independent SNPs, merged while their LD blocks are
+   closer than ``merge_distance_bp``.
+
+Plain Python (numpy, pandas): no Dagster, no warehouse.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from udip_assets.errors import GenotypeError, SummaryStatsError, UdipConfigError
+from udip_assets.genetics.ld import LDCalculator
+
+MINP_COLUMNS = ("snp", "chrom", "pos_bp", "a1", "a2", "p", "dim", "beta", "se", "maf")
+FUMA_LOCI_COLUMNS = ("GenomicLocus", "uniqID", "rsID", "chr", "pos", "p", "start", "end", "nSNPs",
+                     "nGWASSNPs", "nIndSigSNPs", "IndSigSNPs", "nLeadSNPs", "LeadSNPs")
+LOCI_COLUMNS = (*FUMA_LOCI_COLUMNS, "dim", "dims")
+LEAD_COLUMNS = ("No", "GenomicLocus", "uniqID", "rsID", "chr", "pos", "p", "nIndSigSNPs", "IndSigSNPs", "dim")
+IND_SIG_COLUMNS = ("No", "GenomicLocus", "uniqID", "rsID", "chr", "pos", "p", "nSNPs", "nGWASSNPs", "dim",
+                   "start", "end")
+CANDIDATE_COLUMNS = ("uniqID", "rsID", "chr", "pos", "non_effect_allele", "effect_allele", "MAF", "gwasP",
+                     "beta", "se", "dim", "r2", "IndSigSNP", "GenomicLocus")
+_INT_FUMA_COLUMNS = ("GenomicLocus", "pos", "start", "end", "nSNPs", "nGWASSNPs", "nIndSigSNPs", "nLeadSNPs")
+_MHC_CHROM = "6"
+_SPECULATIVE_BATCH = 16  # significant SNPs whose LD windows are computed together
+_PROGRESS_MIN_SNPS = 200  # show a progress bar from this many significant SNPs on
+
+
+def _require(ok: bool, name: str, expected: str, got: object, fix: str = "") -> None:
+    if not ok:
+        hint = f"; {fix}" if fix else ""
+        raise UdipConfigError(f"ClumpConfig.{name} must be {expected}, got {got!r}{hint}")
+
+
+@dataclass(frozen=True)
+class ClumpConfig:
+    """FUMA SNP2GENE clumping parameters.
+
+    Parameters
+    ----------
+    sig_p : float
+        Significance threshold of independent significant SNPs (p <= sig_p).
+    min_maf : float
+        Minor allele frequency floor for every SNP considered (significant and candidate).
+    exclude_mhc : bool
+        Drop SNPs in the MHC (``mhc_region_bp`` on chromosome 6) before anything else.
+    mhc_region_bp : tuple of int
+        (start, end) of the MHC on chromosome 6 (bp, inclusive, GRCh37).
+    r2_ind : float
+        LD threshold of independent significant SNPs and of candidate SNPs.
+    candidate_p : float
+        Candidate SNPs need p < candidate_p.
+    r2_lead : float
+        LD threshold of lead SNPs (second clumping of the independent SNPs).
+    merge_distance_bp : int
+        LD blocks closer than this (edge to edge) join one genomic risk locus.
+    window_bp : int
+        LD is only computed between SNPs less than this far apart on one chromosome.
+    include_panel_snps : bool
+        Also take candidate SNPs from the LD fileset that the minP table lacks (FUMA's
+        "include 1000G variants"); they count in nSNPs but not in nGWASSNPs.
+
+    Notes
+    -----
+    ``sig_p``: FUMA's "maximum P-value of lead SNPs" (default 5e-8). Ours is 5e-8 / 128: the minP
+    of each SNP is the smallest of 128 UDIP dimensions' p-values, so genome-wide significance is
+    Bonferroni-corrected for the dimensions, as in the ViT-UDIP paper.
+
+    ``min_maf``: FUMA's "minimum MAF" filter (default 0.01 here, 0 in FUMA) applies to the lead
+    and to the candidate SNPs; the MAF is the minP table's (our cohort's), the LD fileset's for
+    SNPs only it holds.
+
+    ``exclude_mhc``: FUMA's option to exclude the MHC region (its default region is
+    29,614,758-33,170,276 on GRCh37; ours is the extended MHC, 25-34 Mb), whose long-range LD
+    would otherwise make one giant locus.
+
+    ``r2_ind``: FUMA's "r² threshold to define LD structure of lead SNPs" (0.6): significant SNPs
+    with r² >= r2_ind to a more significant independent SNP are not independent; SNPs in LD at
+    that threshold are that SNP's candidate SNPs.
+
+    ``candidate_p``: FUMA's "maximum P-value cutoff" for SNPs in LD of lead SNPs (0.05).
+
+    ``r2_lead``: FUMA's second r² (0.1) defining lead SNPs as near-independent (r² < 0.1)
+    independent significant SNPs; each lead SNP carries the independent SNPs with r² >= 0.1 to it.
+
+    ``merge_distance_bp``: FUMA's "maximum distance of LD blocks to merge into a locus" (250 kb):
+    blocks overlapping or with a gap < merge_distance_bp join one genomic risk locus.
+
+    ``window_bp``: FUMA's reference LD is pre-computed within 1 Mb; pairs farther apart are
+    treated as unlinked (r² = 0).
+    """
+
+    sig_p: float = 5e-8 / 128
+    min_maf: float = 0.01
+    exclude_mhc: bool = False
+    mhc_region_bp: tuple[int, int] = (25_000_000, 34_000_000)
+    r2_ind: float = 0.6
+    candidate_p: float = 0.05
+    r2_lead: float = 0.1
+    merge_distance_bp: int = 250_000
+    window_bp: int = 1_000_000
+    include_panel_snps: bool = False
+
+    def __post_init__(self) -> None:
+        _require(0 < self.sig_p < 1, "sig_p", "in (0, 1)", self.sig_p)
+        _require(0 <= self.min_maf < 0.5, "min_maf", "in [0, 0.5)", self.min_maf)
+        _require(isinstance(self.exclude_mhc, bool), "exclude_mhc", "True or False", self.exclude_mhc)
+        mhc = tuple(int(v) for v in self.mhc_region_bp)
+        _require(len(mhc) == 2 and 0 <= mhc[0] < mhc[1], "mhc_region_bp",
+                 "(start, end) with 0 <= start < end", self.mhc_region_bp)
+        object.__setattr__(self, "mhc_region_bp", mhc)
+        _require(0 < self.r2_ind <= 1, "r2_ind", "in (0, 1]", self.r2_ind)
+        _require(self.sig_p < self.candidate_p <= 1, "candidate_p", f"in (sig_p = {self.sig_p:g}, 1]",
+                 self.candidate_p, "every significant SNP must also pass the candidate threshold")
+        _require(0 < self.r2_lead <= self.r2_ind, "r2_lead", f"in (0, r2_ind = {self.r2_ind:g}]",
+                 self.r2_lead)
+        for name, low in (("merge_distance_bp", 0), ("window_bp", 1)):
+            value = getattr(self, name)
+            _require(isinstance(value, int | np.integer) and value >= low, name,
+                     f"an integer >= {low} (bp)", value)
+        _require(isinstance(self.include_panel_snps, bool), "include_panel_snps", "True or False",
+                 self.include_panel_snps)
+
+
+@dataclass
+class ClumpResult:
+    """FUMA tables of one clumping run.
+
+    Attributes
+    ----------
+    loci : pd.DataFrame
+        One row per genomic risk locus, ``LOCI_COLUMNS``.
+    lead_snps : pd.DataFrame
+        One row per lead SNP, ``LEAD_COLUMNS``.
+    ind_sig_snps : pd.DataFrame
+        One row per independent significant SNP, ``IND_SIG_COLUMNS``.
+    candidates : pd.DataFrame
+        One row per candidate SNP (FUMA's snps.txt), ``CANDIDATE_COLUMNS``; ``r2`` and
+        ``IndSigSNP`` name its highest-LD independent SNP.
+    not_in_panel : list of str
+        Significant SNPs skipped because the LD fileset lacks them (FUMA skips them too).
+    """
+
+    loci: pd.DataFrame
+    lead_snps: pd.DataFrame
+    ind_sig_snps: pd.DataFrame
+    candidates: pd.DataFrame
+    not_in_panel: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _IndSig:
+    """One independent significant SNP while clumping (panel rows and r² of its candidates)."""
+
+    row: int
+    cand: np.ndarray
+    cand_r2: np.ndarray
+    lead_partners: np.ndarray
+    start: int = 0
+    end: int = 0
+
+
+def _chrom_key(chrom: str) -> tuple[int, str]:
+    return (int(chrom), "") if chrom.isdigit() else (1000, chrom)
+
+
+def _uniq_ids(chrom: pd.Series, pos: pd.Series, a1: pd.Series, a2: pd.Series) -> pd.Series:
+    """FUMA's uniqID 'chr:pos:A:B' with the two alleles in alphabetical order."""
+    a1, a2 = a1.astype(str), a2.astype(str)
+    lo, hi = np.where(a1 <= a2, a1, a2), np.where(a1 <= a2, a2, a1)
+    return chrom.astype(str) + ":" + pos.astype(str) + ":" + pd.Series(lo, index=a1.index) + ":" + \
+        pd.Series(hi, index=a1.index)
+
+
+def _check_minp(minp_df: pd.DataFrame) -> None:
+    missing = [c for c in MINP_COLUMNS if c not in minp_df.columns]
+    if missing:
+        raise SummaryStatsError(f"minp_df lacks columns {missing}; expected {list(MINP_COLUMNS)} "
+                                "(one row per SNP, as the minp table holds)")
+    dup = minp_df["snp"].astype(str).duplicated()
+    if dup.any():
+        raise SummaryStatsError(f"minp_df has {int(dup.sum())} duplicated snp IDs (first "
+                                f"{minp_df['snp'][dup].iloc[0]!r}); expected one row per SNP")
+    p = pd.to_numeric(minp_df["p"], errors="coerce").to_numpy(np.float64)
+    bad = ~np.isnan(p) & ((p < 0) | (p > 1))
+    if bad.any():
+        raise SummaryStatsError(f"minp_df column p must lie in [0, 1], got {float(p[bad][0])!r} for SNP "
+                                f"{minp_df['snp'].iloc[np.flatnonzero(bad)[0]]!r}")
+
+
+def _prepare(minp_df: pd.DataFrame, ld: LDCalculator, cfg: ClumpConfig) -> pd.DataFrame:
+    """The minP table with normalised chrom, its .bim row (``panel``), and the FUMA filters.
+
+    Adds boolean columns ``sig`` (p <= sig_p) and ``eligible`` (p < candidate_p); both also need
+    MAF >= min_maf and, with exclude_mhc, a position outside the MHC.
+    """
+    _check_minp(minp_df)
+    df = minp_df.loc[:, list(MINP_COLUMNS)].reset_index(drop=True).copy()
+    df["snp"] = df["snp"].astype(str)
+    df["chrom"] = df["chrom"].astype(str).str.removeprefix("chr")
+    df["pos_bp"] = df["pos_bp"].astype(np.int64)
+    df["p"] = pd.to_numeric(df["p"], errors="coerce").astype(np.float64)
+    df["panel"] = ld.index_of(df["snp"].tolist())
+    _check_panel_positions(df, ld)
+    keep = (df["maf"].astype(np.float64) >= cfg.min_maf) & ~_in_mhc(df["chrom"], df["pos_bp"], cfg)
+    df["sig"] = keep & (df["p"] <= cfg.sig_p)
+    df["eligible"] = keep & (df["p"] < cfg.candidate_p)
+    return df
+
+
+def _in_mhc(chrom: pd.Series, pos: pd.Series, cfg: ClumpConfig) -> pd.Series:
+    if not cfg.exclude_mhc:
+        return pd.Series(False, index=chrom.index)
+    start, end = cfg.mhc_region_bp
+    return (chrom == _MHC_CHROM) & (pos >= start) & (pos <= end)
+
+
+def _check_panel_positions(df: pd.DataFrame, ld: LDCalculator) -> None:
+    found = df["panel"].to_numpy() >= 0
+    rows = df["panel"].to_numpy()[found]
+    bim = ld.variants
+    same = (bim["chrom"].to_numpy()[rows] == df["chrom"].to_numpy()[found]) & \
+        (bim["pos_bp"].to_numpy()[rows] == df["pos_bp"].to_numpy()[found])
+    if not same.all():
+        k = np.flatnonzero(found)[np.flatnonzero(~same)[0]]
+        r = df["panel"].iat[k]
+        raise GenotypeError(
+            f"SNP {df['snp'].iat[k]} is at {df['chrom'].iat[k]}:{df['pos_bp'].iat[k]} in minp_df but at "
+            f"{bim['chrom'].iat[r]}:{bim['pos_bp'].iat[r]} in {ld.prefix}.bim "
+            f"({int((~same).sum())} such SNPs); use an LD fileset on the same genome build as the GWAS")
+
+
+def _candidate_mask(vidx: np.ndarray, r2: np.ndarray, gwas_row: np.ndarray, eligible: np.ndarray,
+                    ld: LDCalculator, cfg: ClumpConfig) -> np.ndarray:
+    """Which window variants are candidate SNPs of the index SNP (r² >= r2_ind and eligible)."""
+    rows = gwas_row[vidx]
+    ok = (r2 >= cfg.r2_ind) & (rows >= 0)
+    ok[ok] = eligible[rows[ok]]
+    if cfg.include_panel_snps:
+        extra = (r2 >= cfg.r2_ind) & (rows < 0)
+        if extra.any():
+            sub = vidx[extra]
+            chrom = ld.variants["chrom"].iloc[sub].reset_index(drop=True)
+            pos = ld.variants["pos_bp"].iloc[sub].reset_index(drop=True)
+            extra[extra] = (ld.maf(sub) >= cfg.min_maf) & ~_in_mhc(chrom, pos, cfg).to_numpy()
+            ok |= extra
+    return ok
+
+
+def _select_independent(df: pd.DataFrame, ld: LDCalculator, cfg: ClumpConfig,
+                        progress: bool) -> list[_IndSig]:
+    """Greedy FUMA / PLINK clumping of the significant SNPs, most significant first.
+
+    Notes
+    -----
+    A significant SNP is independent unless an earlier (more significant) independent SNP has
+    r² >= r2_ind with it, i.e. unless it is already that SNP's candidate. Chromosomes do not
+    interact, so they are taken one after the other (cached genotype blocks stay useful), each
+    in order of p, ties broken by position. LD windows of the next ``_SPECULATIVE_BATCH``
+    unclaimed SNPs are computed together; one claimed by an earlier SNP of its batch is skipped.
+    """
+    gwas_row = _gwas_rows(df, ld)
+    in_panel = df["panel"].to_numpy() >= 0
+    eligible, sig = df["eligible"].to_numpy(), df["sig"].to_numpy()
+    sig_rows = np.flatnonzero(sig & in_panel)
+    keys = pd.factorize(pd.Series(df["chrom"].to_numpy()[sig_rows]), sort=True)[0]
+    sig_rows = sig_rows[np.lexsort((df["pos_bp"].to_numpy()[sig_rows], df["p"].to_numpy()[sig_rows], keys))]
+    claimed = np.zeros(ld.n_variants, dtype=bool)
+    panel = df["panel"].to_numpy()
+    chosen: list[_IndSig] = []
+    bar = tqdm(total=sig_rows.size, desc="independent significant SNPs", unit="SNP",
+               disable=not progress or sig_rows.size < _PROGRESS_MIN_SNPS)
+    k = 0
+    while k < sig_rows.size:
+        batch = []
+        while k < sig_rows.size and len(batch) < _SPECULATIVE_BATCH:
+            if not claimed[panel[sig_rows[k]]]:
+                batch.append(sig_rows[k])
+            else:
+                bar.update(1)
+            k += 1
+        windows = ld.window_r2(panel[batch], cfg.window_bp) if batch else []
+        for row, (vidx, r2) in zip(batch, windows, strict=True):
+            bar.update(1)
+            if claimed[panel[row]]:
+                continue
+            r2 = np.where(vidx == panel[row], 1.0, r2)
+            cand = _candidate_mask(vidx, r2, gwas_row, eligible, ld, cfg)
+            rows = gwas_row[vidx]
+            partners = vidx[(r2 >= cfg.r2_lead) & (rows >= 0) & (vidx != panel[row])]
+            partners = partners[sig[gwas_row[partners]]]
+            chosen.append(_IndSig(row=int(row), cand=vidx[cand], cand_r2=r2[cand], lead_partners=partners))
+            claimed[vidx[cand]] = True
+    bar.close()
+    return chosen
+
+
+def _select_leads(ind: list[_IndSig], df: pd.DataFrame) -> list[tuple[int, list[int]]]:
+    """Lead SNPs: (index into ``ind``, members = the lead then its r² >= r2_lead partners by position).
+
+    Notes
+    -----
+    Within a chromosome ``ind`` is in order of p, so the greedy pass is FUMA's: an independent
+    SNP is a lead unless it has r² >= r2_lead with an earlier lead. As in FUMA, a non-lead
+    independent SNP may sit in the lists of several leads.
+    """
+    where = {df["panel"].iat[s.row]: k for k, s in enumerate(ind)}
+    pos = df["pos_bp"].to_numpy()
+    checked: set[int] = set()
+    leads = []
+    for k, s in enumerate(ind):
+        if k in checked:
+            continue
+        partners = sorted((where[v] for v in s.lead_partners if v in where), key=lambda j: pos[ind[j].row])
+        checked.update(partners)
+        leads.append((k, [k, *partners]))
+    return leads
+
+
+def _assign_loci(ind: list[_IndSig], leads: list[tuple[int, list[int]]], df: pd.DataFrame,
+                 cfg: ClumpConfig) -> np.ndarray:
+    """(n_ind,) 1-based GenomicLocus of each independent SNP.
+
+    Notes
+    -----
+    A lead SNP and the independent SNPs in its list form one group spanning their LD blocks;
+    groups on one chromosome are swept in order of start and merged while the next start is
+    less than ``merge_distance_bp`` past the current end (overlaps merge too), FUMA's rule.
+    """
+    parent = list(range(len(ind)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for _, members in leads:
+        for m in members[1:]:
+            parent[find(m)] = find(members[0])
+    groups: dict[int, list[int]] = {}
+    for k in range(len(ind)):
+        groups.setdefault(find(k), []).append(k)
+    chrom = df["chrom"].to_numpy()
+    spans = sorted(((_chrom_key(chrom[ind[g[0]].row]), min(ind[k].start for k in g),
+                     max(ind[k].end for k in g), g) for g in groups.values()), key=lambda t: (t[0], t[1]))
+    locus = np.zeros(len(ind), dtype=np.int64)
+    n_loci, cur_chrom, cur_end = 0, None, 0
+    for key, start, end, members in spans:
+        if key != cur_chrom or start - cur_end >= cfg.merge_distance_bp:
+            n_loci, cur_chrom, cur_end = n_loci + 1, key, end
+        cur_end = max(cur_end, end)
+        locus[members] = n_loci
+    return locus
+
+
+def clump_loci(minp_df: pd.DataFrame, ld: LDCalculator, cfg: ClumpConfig | None = None,
+               progress: bool = True) -> ClumpResult:
+    """Genomic risk loci, lead and independent significant SNPs by FUMA SNP2GENE's rules.
+
+    Parameters
+    ----------
+    minp_df : pd.DataFrame
+        One row per SNP: ``snp``, ``chrom``, ``pos_bp``, ``a1``, ``a2``, ``p`` (minimum over
+        dimensions), ``dim`` (its dimension), ``beta``, ``se``, ``maf``.
+    ld : LDCalculator
+        LD of the cohort's genotypes or of a reference panel; SNPs are matched by ID and must sit
+        at the same position.
+    cfg : ClumpConfig, optional
+        Thresholds; default FUMA's with sig_p = 5e-8 / 128.
+    progress : bool
+        Show a progress bar over the significant SNPs when there are many.
+
+    Returns
+    -------
+    ClumpResult
+        ``loci``, ``lead_snps``, ``ind_sig_snps``, ``candidates`` (FUMA's columns, see the
+        module constants) and the significant SNPs the LD fileset lacks.
+
+    Notes
+    -----
+    Only the LD windows of independent SNPs are ever computed (``ld.window_r2``). FUMA counts an
+    independent SNP's nSNPs only over candidates no earlier independent SNP took; here nSNPs
+    counts all its candidates (FUMA's documented meaning), and its LD block spans them all, as
+    FUMA's locus bounds do.
+    """
+    cfg = cfg or ClumpConfig()
+    df = _prepare(minp_df, ld, cfg)
+    not_in_panel = df.loc[df["sig"] & (df["panel"] < 0), "snp"].tolist()
+    ind = _select_independent(df, ld, cfg, progress)
+    pos = ld.variants["pos_bp"].to_numpy(np.int64)
+    for s in ind:
+        s.start, s.end = int(pos[s.cand].min()), int(pos[s.cand].max())
+    leads = _select_leads(ind, df)
+    locus = _assign_loci(ind, leads, df, cfg)
+    cand = _candidate_table(ind, locus, df, ld)
+    ind_df = _ind_sig_table(ind, locus, df)
+    lead_df = _lead_table(ind, leads, locus, df)
+    loci_df = _loci_table(ind, leads, locus, df, cand, cfg)
+    return ClumpResult(loci=loci_df, lead_snps=lead_df, ind_sig_snps=ind_df, candidates=cand,
+                       not_in_panel=not_in_panel)
+
+
+def _chrom_out(chrom: pd.Series) -> pd.Series:
+    chrom = chrom.astype(str)
+    return chrom.astype(np.int64) if len(chrom) and chrom.str.fullmatch(r"\d+").all() else chrom
+
+
+def _candidate_table(ind: list[_IndSig], locus: np.ndarray, df: pd.DataFrame,
+                     ld: LDCalculator) -> pd.DataFrame:
+    """FUMA's snps.txt: one row per candidate SNP with its best independent SNP and locus."""
+    if not ind:
+        return pd.DataFrame(columns=list(CANDIDATE_COLUMNS))
+    panel = np.concatenate([s.cand for s in ind])
+    r2 = np.concatenate([s.cand_r2 for s in ind])
+    which = np.concatenate([np.full(s.cand.size, k) for k, s in enumerate(ind)])
+    order = np.lexsort((which, -r2, panel))  # per SNP: highest r², then the most significant index
+    best = order[np.r_[True, panel[order][1:] != panel[order][:-1]]]
+    panel, r2, which = panel[best], r2[best], which[best]
+    bim = ld.variants.iloc[panel].reset_index(drop=True)
+    rows = _gwas_rows(df, ld)[panel]
+    has = rows >= 0
+    g = df.iloc[np.where(has, rows, 0)].reset_index(drop=True)
+    out = pd.DataFrame({
+        "uniqID": np.where(has, _uniq_ids(g["chrom"], g["pos_bp"], g["a1"], g["a2"]),
+                           _uniq_ids(bim["chrom"], bim["pos_bp"], bim["a1"], bim["a2"])),
+        "rsID": bim["snp"], "chr": _chrom_out(bim["chrom"]), "pos": bim["pos_bp"].astype(np.int64),
+        "non_effect_allele": np.where(has, g["a2"].astype(str), bim["a2"]),
+        "effect_allele": np.where(has, g["a1"].astype(str), bim["a1"]),
+        "MAF": np.where(has, g["maf"].astype(np.float64), ld.maf(panel)),
+        "gwasP": np.where(has, g["p"], np.nan), "beta": np.where(has, g["beta"].astype(np.float64), np.nan),
+        "se": np.where(has, g["se"].astype(np.float64), np.nan),
+        "dim": pd.array(np.where(has, g["dim"], pd.NA), dtype="Int64"), "r2": r2,
+        "IndSigSNP": df["snp"].to_numpy()[[ind[k].row for k in which]], "GenomicLocus": locus[which]})
+    return out.sort_values(["GenomicLocus", "pos"], kind="stable", ignore_index=True)
+
+
+def _gwas_rows(df: pd.DataFrame, ld: LDCalculator) -> np.ndarray:
+    """(n_variants,) row of each LD-fileset variant in the prepared minP table, -1 if absent."""
+    rows = np.full(ld.n_variants, -1, dtype=np.int64)
+    panel = df["panel"].to_numpy()
+    rows[panel[panel >= 0]] = np.flatnonzero(panel >= 0)
+    return rows
+
+
+def _snp_fields(df: pd.DataFrame, rows: list[int]) -> dict:
+    sub = df.iloc[rows].reset_index(drop=True)
+    return {"uniqID": _uniq_ids(sub["chrom"], sub["pos_bp"], sub["a1"], sub["a2"]).to_numpy(),
+            "rsID": sub["snp"].to_numpy(),
+            "chr": _chrom_out(sub["chrom"].reset_index(drop=True)).to_numpy(),
+            "pos": sub["pos_bp"].to_numpy(np.int64), "p": sub["p"].to_numpy(np.float64)}
+
+
+def _ind_sig_table(ind: list[_IndSig], locus: np.ndarray, df: pd.DataFrame) -> pd.DataFrame:
+    """IndSigSNPs.txt: one row per independent significant SNP, by chromosome and position."""
+    if not ind:
+        return pd.DataFrame(columns=list(IND_SIG_COLUMNS))
+    rows = [s.row for s in ind]
+    out = pd.DataFrame({"GenomicLocus": locus, **_snp_fields(df, rows),
+                        "nSNPs": [s.cand.size for s in ind],
+                        "nGWASSNPs": [int(np.isin(s.cand, df["panel"].to_numpy()).sum()) for s in ind],
+                        "dim": df["dim"].to_numpy()[rows].astype(np.int64),
+                        "start": [s.start for s in ind], "end": [s.end for s in ind]})
+    out = _order_by_position(out)
+    out.insert(0, "No", np.arange(1, len(out) + 1))
+    return out.loc[:, list(IND_SIG_COLUMNS)]
+
+
+def _order_by_position(out: pd.DataFrame) -> pd.DataFrame:
+    key = [_chrom_key(str(c)) for c in out["chr"]]
+    out = out.assign(_k0=[k[0] for k in key], _k1=[k[1] for k in key])
+    out = out.sort_values(["_k0", "_k1", "pos"], kind="stable", ignore_index=True)
+    return out.drop(columns=["_k0", "_k1"])
+
+
+def _lead_table(ind: list[_IndSig], leads: list[tuple[int, list[int]]], locus: np.ndarray,
+                df: pd.DataFrame) -> pd.DataFrame:
+    """leadSNPs.txt: one row per lead SNP with the independent SNPs it carries."""
+    if not leads:
+        return pd.DataFrame(columns=list(LEAD_COLUMNS))
+    snp = df["snp"].to_numpy()
+    rows = [ind[k].row for k, _ in leads]
+    out = pd.DataFrame({"GenomicLocus": locus[[k for k, _ in leads]], **_snp_fields(df, rows),
+                        "nIndSigSNPs": [len(m) for _, m in leads],
+                        "IndSigSNPs": [";".join(snp[ind[j].row] for j in m) for _, m in leads],
+                        "dim": df["dim"].to_numpy()[rows].astype(np.int64)})
+    out = _order_by_position(out)
+    out.insert(0, "No", np.arange(1, len(out) + 1))
+    return out.loc[:, list(LEAD_COLUMNS)]
+
+
+def _loci_table(ind: list[_IndSig], leads: list[tuple[int, list[int]]], locus: np.ndarray, df: pd.DataFrame,
+                cand: pd.DataFrame, cfg: ClumpConfig) -> pd.DataFrame:
+    """GenomicRiskLoci.txt plus ``dim`` (of the top SNP) and ``dims`` (of its significant SNPs)."""
+    if not ind:
+        return pd.DataFrame(columns=list(LOCI_COLUMNS))
+    snp, pos = df["snp"].to_numpy(), df["pos_bp"].to_numpy()
+    is_lead = np.zeros(len(ind), dtype=bool)
+    is_lead[[k for k, _ in leads]] = True
+    records = []
+    for g in range(1, int(locus.max()) + 1):
+        members = sorted(np.flatnonzero(locus == g), key=lambda k: pos[ind[k].row])
+        top = min(members)  # one chromosome, where ``ind`` is in order of p
+        c = cand[cand["GenomicLocus"] == g]
+        sig_dims = c.loc[c["gwasP"] <= cfg.sig_p, "dim"].dropna().astype(int).unique()
+        records.append({
+            "GenomicLocus": g, **{k: v[0] for k, v in _snp_fields(df, [ind[top].row]).items()},
+            "start": min(ind[k].start for k in members), "end": max(ind[k].end for k in members),
+            "nSNPs": len(c), "nGWASSNPs": int(c["gwasP"].notna().sum()),
+            "nIndSigSNPs": len(members), "IndSigSNPs": ";".join(snp[ind[k].row] for k in members),
+            "nLeadSNPs": int(is_lead[members].sum()),
+            "LeadSNPs": ";".join(snp[ind[k].row] for k in members if is_lead[k]),
+            "dim": int(df["dim"].iat[ind[top].row]), "dims": ";".join(str(d) for d in sorted(sig_dims))})
+    return pd.DataFrame.from_records(records, columns=list(LOCI_COLUMNS))
+
+
+def write_fuma_loci(loci: pd.DataFrame, path: Path | str) -> Path:
+    """Write FUMA's ``GenomicRiskLoci.txt``: tab-separated, FUMA's 14 columns in FUMA's order.
+
+    Extra columns (``dim``, ``dims``) are left out so FUMA-reading tools accept the file. The file
+    is written to a temporary name and renamed, so a failed write leaves no partial file.
+    """
+    missing = [c for c in FUMA_LOCI_COLUMNS if c not in loci.columns]
+    if missing:
+        raise SummaryStatsError(f"loci lacks FUMA columns {missing}; pass ClumpResult.loci")
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    loci.loc[:, list(FUMA_LOCI_COLUMNS)].to_csv(tmp, sep="\t", index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def read_fuma_loci(path: Path | str) -> pd.DataFrame:
+    """Read a FUMA ``GenomicRiskLoci.txt`` (ours or FUMA's own) into FUMA's columns and types."""
+    path = Path(path)
+    if not path.is_file():
+        raise SummaryStatsError(f"FUMA loci file {path} does not exist; write it with write_fuma_loci")
+    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    if tuple(df.columns) != FUMA_LOCI_COLUMNS:
+        raise SummaryStatsError(f"{path} has columns {list(df.columns)}, expected FUMA's "
+                                f"{list(FUMA_LOCI_COLUMNS)}; is it a GenomicRiskLoci.txt?")
+    try:
+        df = df.astype({c: np.int64 for c in _INT_FUMA_COLUMNS} | {"p": np.float64})
+    except ValueError as exc:
+        raise SummaryStatsError(f"{path} holds a non-numeric value in a numeric column: {exc}") from exc
+    df["chr"] = _chrom_out(df["chr"])
+    return df
