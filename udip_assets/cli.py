@@ -92,7 +92,7 @@ def where() -> None:
     click.echo(f"warehouse      {paths.warehouse_path()}   (udip sql \"SELECT * FROM scans LIMIT 5\")")
     click.echo(f"cohorts        {paths.cohorts_dir()}")
     click.echo(f"artifacts      {paths.artifacts_dir()}")
-    click.echo(f"Dagster UI     make ui   (then open http://127.0.0.1:3000)")
+    click.echo("Dagster UI     make ui   (then open http://127.0.0.1:3000)")
 
 
 if __name__ == "__main__":

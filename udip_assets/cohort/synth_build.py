@@ -174,7 +174,8 @@ def _write_genes(path: Path, variants: pd.DataFrame, causal: pd.DataFrame, rng: 
             start = int(start + rng.integers(0, 100_000))
             rows.append((f"G{chrom}S{k:03d}", int(chrom), start, start + int(rng.integers(5_000, 80_000))))
     for r in causal.itertuples():
-        rows.append((f"{r.region.upper()[:5]}{r.Index + 1}", int(r.chrom), int(r.pos_bp) - 20_000, int(r.pos_bp) + 15_000))
+        name = f"{r.region.upper()[:5]}{r.Index + 1}"
+        rows.append((name, int(r.chrom), int(r.pos_bp) - 20_000, int(r.pos_bp) + 15_000))
     genes = pd.DataFrame(rows, columns=["name", "chrom", "start", "end"]).sort_values(["chrom", "start"])
     genes["build"] = "GRCh37-synthetic"
     genes.to_csv(path, sep="\t", index=False)

@@ -13,7 +13,8 @@ The phenotype model. For subject i and region r, the log volume change applied t
 
 over the causal SNPs k acting on r (g = count of the SNP's a1 allele, p its frequency), with
 sd = region_sd for volume and region_sd * SHAPE_SD_FACTOR for shape (log stretch). beta_k is set from a
-target variance explained q_k of v_r: beta_k = sd sqrt(q_k / (1 - q_k)) / sqrt(2 p_k (1 - p_k)). Age atrophy, sex and ancestry act through head size and the renderer's age model, on top.
+target variance explained q_k of v_r: beta_k = sd sqrt(q_k / (1 - q_k)) / sqrt(2 p_k (1 - p_k)).
+Age atrophy, sex and ancestry act through head size and the renderer's age model, on top.
 
 Detectability. A SNP is marked ``detectable`` when a GWAS of the region volume itself on the
 expected number of GWAS subjects has at least 80% power at 5e-8/128: non-centrality n q / (1 - q),

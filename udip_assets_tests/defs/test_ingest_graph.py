@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import dagster as dg
+
 from udip_assets.defs.run import materialize_cohort
 from udip_assets.store.warehouse import read_frame
 
@@ -54,7 +55,8 @@ def test_checks_pass(ingested):
 
 def test_rematerializing_does_not_duplicate_rows(ingested):
     _, db, instance, _ = ingested
-    sql = "SELECT (SELECT count(*) FROM scans) a, (SELECT count(*) FROM subjects) b, (SELECT count(*) FROM preprocessed_scans) c"
+    sql = ("SELECT (SELECT count(*) FROM scans) a, (SELECT count(*) FROM subjects) b, "
+           "(SELECT count(*) FROM preprocessed_scans) c")
     before = read_frame(db, sql).iloc[0].tolist()
     assert materialize_cohort("tiny", instance=instance).success
     assert read_frame(db, sql).iloc[0].tolist() == before
