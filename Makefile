@@ -11,7 +11,7 @@ DEMO_NAME     ?= demo
 DEMO_SUBJECTS ?= 1200
 DEMO_SEED     ?= 0
 
-.PHONY: install demo test test-tools lint ui where
+.PHONY: install demo test test-tools lint ui mlflow-ui where
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,10 @@ $(STAMP): pyproject.toml requirements.lock | $(BIN)/python
 	$(PIP) install -e '.[dev]' -c requirements.lock
 	@touch $@
 
+# dagster-dbt reads dbt_annotations/target/manifest.json at import: (re)build it with `dbt parse`
+# whenever a model, seed or .yml is newer than it (a no-op otherwise).
 install: $(STAMP)
+	@$(BIN)/python -m udip_assets.defs.dbt_project >/dev/null
 
 demo: install
 	$(BIN)/udip synth --name $(DEMO_NAME) --subjects $(DEMO_SUBJECTS) --resolution 2 --seed $(DEMO_SEED)
@@ -51,6 +54,12 @@ lint: install
 ui: install
 	@$(BIN)/python -c "from udip_assets.defs.run import ensure_dagster_home; ensure_dagster_home()"
 	DAGSTER_HOME=$(UDIP_HOME)/dagster $(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+# The MLflow UI needs the full mlflow package (the pipeline itself uses mlflow-skinny): installed on
+# first use, at the version of the installed mlflow-skinny.
+mlflow-ui: install
+	@$(BIN)/python -c "import flask, mlflow.server" 2>/dev/null || $(PIP) install "mlflow==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("mlflow-skinny"))')"
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(UDIP_HOME)/mlflow.db --host 127.0.0.1 --port 5000
 
 where: install
 	@$(BIN)/udip where

@@ -24,6 +24,13 @@ def tiny_config(name: str = "tiny", seed: int = 11, with_faults: bool = True, n_
     )
 
 
+def pytest_configure(config):
+    """Build the dbt manifest before any test module imports the Definitions (dagster-dbt reads it)."""
+    from udip_assets.defs.dbt_project import prepare_manifest
+
+    prepare_manifest()
+
+
 @pytest.fixture(scope="session")
 def udip_home(tmp_path_factory):
     """A fresh UDIP_HOME for the whole session (restored afterwards)."""
@@ -53,6 +60,6 @@ def ingested(tiny_cohort, udip_home):
     from udip_assets.defs.run import materialize_cohort
 
     instance = dg.DagsterInstance.ephemeral()
-    result = materialize_cohort("tiny", instance=instance)
+    result = materialize_cohort("tiny", selection="group:ingest", instance=instance)
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     return tiny_cohort, udip_home / "warehouse.duckdb", instance, result

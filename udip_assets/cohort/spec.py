@@ -50,6 +50,10 @@ class CohortSpec:
         Gene table (``name chrom start end``), for annotation.
     truth : Path or None
         Synthetic cohorts only: planted causal SNPs.
+    reference_loci : Path or None
+        Previously reported lead SNPs (``snp chrom pos_bp [trait] [source]``), for novelty.
+    gwas_catalog : Path or None
+        A GWAS Catalog associations TSV export, for annotation and novelty.
     """
 
     name: str
@@ -62,6 +66,8 @@ class CohortSpec:
     relatedness: Path | None = None
     genes: Path | None = None
     truth: Path | None = None
+    reference_loci: Path | None = None
+    gwas_catalog: Path | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -102,6 +108,8 @@ class CohortSpec:
             "relatedness": rel(self.relatedness),
             "genes": rel(self.genes),
             "truth": rel(self.truth),
+            "reference_loci": rel(self.reference_loci),
+            "gwas_catalog": rel(self.gwas_catalog),
         }
         out.update(self.extra)
         return {k: v for k, v in out.items() if v is not None}
@@ -139,7 +147,8 @@ def load_cohort(path: Path | str) -> CohortSpec:
     genotypes = raw["genotypes"] or {}
     if "plink" not in genotypes:
         raise CohortSpecError(f"{yml}: genotypes must give a PLINK prefix as genotypes.plink")
-    known = {"name", "resolution_mm", "scans", "genotypes", "covariates", "relatedness", "genes", "truth"}
+    known = {"name", "resolution_mm", "scans", "genotypes", "covariates", "relatedness", "genes", "truth",
+             "reference_loci", "gwas_catalog"}
     spec = CohortSpec(
         name=str(raw["name"]),
         root=root,
@@ -151,6 +160,8 @@ def load_cohort(path: Path | str) -> CohortSpec:
         relatedness=_resolve(root, raw.get("relatedness")),
         genes=_resolve(root, raw.get("genes")),
         truth=_resolve(root, raw.get("truth")),
+        reference_loci=_resolve(root, raw.get("reference_loci")),
+        gwas_catalog=_resolve(root, raw.get("gwas_catalog")),
         extra={k: v for k, v in raw.items() if k not in known},
     )
     _check_files(spec, yml)
@@ -159,7 +170,8 @@ def load_cohort(path: Path | str) -> CohortSpec:
 
 def _check_files(spec: CohortSpec, yml: Path) -> None:
     required = {"covariates": spec.covariates, "scans.dir": spec.scans_dir, "scans.manifest": spec.scans_manifest}
-    optional = {"relatedness": spec.relatedness, "genes": spec.genes, "truth": spec.truth}
+    optional = {"relatedness": spec.relatedness, "genes": spec.genes, "truth": spec.truth,
+                "reference_loci": spec.reference_loci, "gwas_catalog": spec.gwas_catalog}
     for key, p in {**required, **optional}.items():
         if p is not None and not p.exists():
             raise CohortSpecError(f"{yml}: {key} names {p}, which does not exist; fix the path")

@@ -27,9 +27,11 @@ from udip_assets.cohort.synthetic import (
     plant_effects,
     write_truth,
 )
+from udip_assets.cohort.truth_check import load_truth
 from udip_assets.errors import UdipConfigError
+from udip_assets.genetics.annotations import demo_gwas_catalog, reference_loci_from_truth, write_tsv_atomic
 from udip_assets.genetics.pca import genetic_pcs
-from udip_assets.genetics.plink import write_plink
+from udip_assets.genetics.plink import read_bim, write_plink
 from udip_assets.genetics.relatedness import related_pairs_table, write_ukb_rel
 from udip_assets.genetics.synth_genotypes import GenotypeSimConfig, simulate_genotypes
 from udip_assets.imaging.grids import Grid, grid_for_resolution
@@ -57,7 +59,7 @@ def generate_cohort(cfg: SynthConfig, out_dir: Path, force: bool = False, progre
     if done.exists() and not force:
         spec = load_cohort(out_dir)
         if spec.extra.get("synthetic") == cfg.to_json():
-            return spec
+            return _with_annotation_files(spec, cfg)
         raise UdipConfigError(
             f"{out_dir} already holds a cohort made with other settings; choose another --name, "
             "or pass --force to regenerate it"
@@ -102,8 +104,25 @@ def generate_cohort(cfg: SynthConfig, out_dir: Path, force: bool = False, progre
         genes=(out_dir / "genes.tsv").resolve(), truth=(out_dir / "truth.json").resolve(),
         extra={"synthetic": cfg.to_json()},
     )
-    write_cohort_yaml(spec)
-    return load_cohort(out_dir)
+    return _with_annotation_files(spec, cfg)
+
+
+def _with_annotation_files(spec: CohortSpec, cfg: SynthConfig) -> CohortSpec:
+    """Write the reference-loci and GWAS Catalog demo files (if missing) and the cohort.yaml naming them.
+
+    Also upgrades a cohort generated before these files existed, without re-rendering anything.
+    """
+    ref_path, cat_path = spec.root / "reference_loci.tsv", spec.root / "gwas_catalog.tsv"
+    if spec.reference_loci == ref_path and spec.gwas_catalog == cat_path and (spec.root / COHORT_FILE).exists():
+        return spec
+    truth = load_truth(spec.truth)
+    write_tsv_atomic(reference_loci_from_truth(truth), ref_path)
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 7]))
+    catalog = demo_gwas_catalog(truth, read_bim(spec.genotypes.with_name(spec.genotypes.name + ".bim")),
+                                pd.read_csv(spec.genes, sep="\t"), rng)
+    write_tsv_atomic(catalog, cat_path)
+    write_cohort_yaml(replace(spec, reference_loci=ref_path, gwas_catalog=cat_path))
+    return load_cohort(spec.root)
 
 
 def _make_eids(n: int, rng: np.random.Generator) -> list[str]:

@@ -165,6 +165,87 @@ UDIPS = Table(
     key=("cohort", "model_id", "subject_id"),
 )
 
+_SNP_COLUMNS = (("snp", "VARCHAR NOT NULL"), ("chrom", "VARCHAR NOT NULL"), ("pos_bp", "BIGINT NOT NULL"),
+                ("a1", "VARCHAR"), ("a2", "VARCHAR"))
+_STAT_COLUMNS = (("beta", "DOUBLE"), ("se", "DOUBLE"), ("t", "DOUBLE"), ("p", "DOUBLE"))
+
+GWAS_HITS = Table(
+    name="gwas_hits",
+    grain="one row per SNP x UDIP dim with p below the run's keep threshold, per cohort, model_id and "
+    "chromosome (full summary statistics: Parquet per chromosome, view gwas_sumstats)",
+    columns=(("cohort", "VARCHAR NOT NULL"), ("model_id", "VARCHAR NOT NULL"), *_SNP_COLUMNS,
+             ("dim", "INTEGER NOT NULL"), *_STAT_COLUMNS),
+    partition_by=("cohort", "model_id", "chrom"),
+    key=("cohort", "model_id", "snp", "dim"),
+)
+MINP = Table(
+    name="minp",
+    grain="one row per SNP per cohort and model_id: the minimum p over the UDIP dims, its dim, beta, se",
+    columns=(("cohort", "VARCHAR NOT NULL"), ("model_id", "VARCHAR NOT NULL"), *_SNP_COLUMNS,
+             ("p", "DOUBLE"), ("dim", "INTEGER"), ("beta", "DOUBLE"), ("se", "DOUBLE"), ("maf", "DOUBLE"),
+             ("significant", "BOOLEAN")),
+    partition_by=("cohort", "model_id"),
+    key=("cohort", "model_id", "snp"),
+)
+_FUMA_SNP = (("uniqID", "VARCHAR"), ("rsID", "VARCHAR NOT NULL"), ("chr", "VARCHAR NOT NULL"),
+             ("pos", "BIGINT NOT NULL"), ("p", "DOUBLE"))
+GENOMIC_RISK_LOCI = Table(
+    name="genomic_risk_loci",
+    grain="one row per genomic risk locus (FUMA GenomicRiskLoci.txt columns) per cohort and model_id, "
+    "plus the UDIP dim of its top SNP and every dim significant in it",
+    columns=(("cohort", "VARCHAR NOT NULL"), ("model_id", "VARCHAR NOT NULL"), ("GenomicLocus", "INTEGER NOT NULL"),
+             *_FUMA_SNP, ("start", "BIGINT"), ("end", "BIGINT"), ("nSNPs", "INTEGER"), ("nGWASSNPs", "INTEGER"),
+             ("nIndSigSNPs", "INTEGER"), ("IndSigSNPs", "VARCHAR"), ("nLeadSNPs", "INTEGER"),
+             ("LeadSNPs", "VARCHAR"), ("dim", "INTEGER"), ("dims", "VARCHAR")),
+    partition_by=("cohort", "model_id"),
+    key=("cohort", "model_id", "GenomicLocus"),
+)
+LEAD_SNPS = Table(
+    name="lead_snps",
+    grain="one row per lead SNP (FUMA leadSNPs.txt columns) per cohort and model_id",
+    columns=(("cohort", "VARCHAR NOT NULL"), ("model_id", "VARCHAR NOT NULL"), ("No", "INTEGER NOT NULL"),
+             ("GenomicLocus", "INTEGER NOT NULL"), *_FUMA_SNP, ("nIndSigSNPs", "INTEGER"), ("IndSigSNPs", "VARCHAR"),
+             ("dim", "INTEGER")),
+    partition_by=("cohort", "model_id"),
+    key=("cohort", "model_id", "rsID"),
+)
+IND_SIG_SNPS = Table(
+    name="ind_sig_snps",
+    grain="one row per independent significant SNP (FUMA IndSigSNPs.txt columns) per cohort and model_id",
+    columns=(("cohort", "VARCHAR NOT NULL"), ("model_id", "VARCHAR NOT NULL"), ("No", "INTEGER NOT NULL"),
+             ("GenomicLocus", "INTEGER NOT NULL"), *_FUMA_SNP, ("nSNPs", "INTEGER"), ("nGWASSNPs", "INTEGER"),
+             ("dim", "INTEGER"), ("start", "BIGINT"), ("end", "BIGINT")),
+    partition_by=("cohort", "model_id"),
+    key=("cohort", "model_id", "rsID"),
+)
+GENES = Table(
+    name="genes",
+    grain="one row per gene of a cohort's gene table (name, chrom, start_bp, end_bp, build)",
+    columns=(("cohort", "VARCHAR NOT NULL"), ("name", "VARCHAR NOT NULL"), ("chrom", "VARCHAR NOT NULL"),
+             ("start_bp", "BIGINT NOT NULL"), ("end_bp", "BIGINT NOT NULL"), ("build", "VARCHAR")),
+    partition_by=("cohort",),
+    key=("cohort", "name", "chrom", "start_bp"),
+)
+REFERENCE_LOCI = Table(
+    name="reference_loci",
+    grain="one row per previously reported lead SNP a cohort's loci are compared against",
+    columns=(("cohort", "VARCHAR NOT NULL"), ("source", "VARCHAR NOT NULL"), ("snp", "VARCHAR NOT NULL"),
+             ("chrom", "VARCHAR"), ("pos_bp", "BIGINT"), ("trait", "VARCHAR")),
+    partition_by=("cohort",),
+    key=("cohort", "source", "snp"),
+)
+GWAS_CATALOG = Table(
+    name="gwas_catalog",
+    grain="one row per GWAS Catalog association (the catalog's TSV export columns) loaded for a cohort",
+    columns=(("cohort", "VARCHAR NOT NULL"), ("row_id", "INTEGER NOT NULL"), ("SNPS", "VARCHAR"),
+             ("CHR_ID", "VARCHAR"), ("CHR_POS", "VARCHAR"), ("MAPPED_GENE", "VARCHAR"),
+             ("DISEASE/TRAIT", "VARCHAR"), ("PUBMEDID", "VARCHAR"), ("STUDY", "VARCHAR"),
+             ("P-VALUE", "VARCHAR"), ("MAPPED_TRAIT", "VARCHAR")),
+    partition_by=("cohort",),
+    key=("cohort", "row_id"),
+)
+
 TABLES: dict[str, Table] = {
-    t.name: t for t in (SCANS, SUBJECTS, PREPROCESSED_SCANS, TRAINING_EPOCHS, CHECKPOINTS, UDIPS)
+    t.name: t for t in (SCANS, SUBJECTS, PREPROCESSED_SCANS, TRAINING_EPOCHS, CHECKPOINTS, UDIPS, GWAS_HITS, MINP,
+                        GENOMIC_RISK_LOCI, LEAD_SNPS, IND_SIG_SNPS, GENES, REFERENCE_LOCI, GWAS_CATALOG)
 }

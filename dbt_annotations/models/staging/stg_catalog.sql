@@ -2,7 +2,7 @@
 select
     cohort,
     "SNPS" as snp,
-    try_cast("CHR_ID" as integer) as chrom,
+    cast("CHR_ID" as varchar) as chrom,
     try_cast("CHR_POS" as bigint) as pos_bp,
     "MAPPED_GENE" as mapped_gene,
     "DISEASE/TRAIT" as trait,

@@ -5,7 +5,7 @@ select
     cohort || ':' || model_id || ':' || cast("GenomicLocus" as varchar) as locus_key,
     cast("GenomicLocus" as integer) as locus,
     "rsID" as top_snp,
-    cast("chr" as integer) as chrom,
+    cast("chr" as varchar) as chrom,
     cast("pos" as bigint) as top_pos_bp,
     cast("start" as bigint) as start_bp,
     cast("end" as bigint) as end_bp,
