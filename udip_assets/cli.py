@@ -50,12 +50,13 @@ def materialize(cohort: str, selection: str | None) -> None:
             f"no cohort.yaml in {paths.cohorts_dir() / cohort}; run `udip synth --name {cohort}` or create one"
         )
     result = materialize_cohort(cohort, selection=selection)
-    for event in result.all_events:
-        if event.is_step_failure:
-            click.echo(f"FAILED {event.step_key}: {event.event_specific_data.error.message.strip()}", err=True)
+    for stage, key, run in result.runs:
+        click.echo(f"{stage} [{key}]: {'ok' if run.success else 'FAILED'} (run {run.run_id})")
+    for failure in result.failures():
+        click.echo(f"FAILED {failure}", err=True)
     if not result.success:
         sys.exit(1)
-    click.echo(f"materialized cohort {cohort}: run {result.run_id}")
+    click.echo(f"materialized cohort {cohort}: {len(result.runs)} run(s)")
 
 
 @main.command()
@@ -93,6 +94,16 @@ def where() -> None:
     click.echo(f"cohorts        {paths.cohorts_dir()}")
     click.echo(f"artifacts      {paths.artifacts_dir()}")
     click.echo("Dagster UI     make ui   (then open http://127.0.0.1:3000)")
+
+
+def _register_gwas() -> None:
+    # the standalone engine lives with the genetics code; imported here so `udip gwas` is one command
+    from udip_assets.genetics.gwas_cli import gwas_command
+
+    main.add_command(gwas_command, "gwas")
+
+
+_register_gwas()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,221 @@
+"""Genotype streaming: the .bed lookup-table decoder against bed-reader, sample alignment, chunking
+with prefetch, and BGEN v1.2 (written here by a minimal writer) against the .bed it encodes."""
+
+from __future__ import annotations
+
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from udip_assets.errors import GenotypeError, UdipConfigError
+from udip_assets.genetics.genotype_stream import (
+    ArraySource,
+    BgenSource,
+    PlinkSource,
+    prefetch,
+    read_oxford_sample,
+)
+from udip_assets.genetics.gwas import GwasConfig, scan_associations
+from udip_assets.genetics.plink import read_dosage, write_plink
+
+
+def _variants(m: int, chroms=(1,)) -> pd.DataFrame:
+    chrom = np.repeat(chroms, -(-m // len(chroms)))[:m]
+    return pd.DataFrame({"snp": [f"rs{100 + k}" for k in range(m)], "chrom": chrom,
+                         "pos_bp": np.arange(m) * 1000 + 1_000_001, "a1": ["A"] * m, "a2": ["G"] * m})
+
+
+def _dosage(rng, n: int, m: int, missing: float = 0.05) -> np.ndarray:
+    d = rng.binomial(2, rng.uniform(0.05, 0.5, m), size=(n, m)).astype(np.float32)
+    d[rng.random((n, m)) < missing] = np.nan
+    return d
+
+
+def write_bgen(path: Path, iids: list[str], dosage: np.ndarray, variants: pd.DataFrame,
+               with_samples: bool = True) -> Path:
+    """Minimal BGEN v1.2 writer: layout 2, zlib, 8-bit unphased probabilities of hard calls.
+
+    The first allele is ``a2`` and the second ``a1`` (PLINK 2's REF-first order), so the expected
+    count of the second allele equals ``dosage``; NaN is written as missing (ploidy byte | 0x80).
+    """
+    n, m = dosage.shape
+    flags = 1 | (2 << 2) | ((1 << 31) if with_samples else 0)
+    header = struct.pack("<III", 20, m, n) + b"bgen" + struct.pack("<I", flags)  # L_H = 20: no free data
+    samples = b""
+    if with_samples:
+        ids = b"".join(struct.pack("<H", len(s)) + s.encode() for s in iids)
+        samples = struct.pack("<II", 8 + len(ids), n) + ids
+    out = [struct.pack("<I", len(header) + len(samples)), header, samples]
+    for j in range(m):
+        v = variants.iloc[j]
+        ident = b"".join(struct.pack("<H", len(x)) + x for x in (
+            f"v{j}".encode(), str(v["snp"]).encode(), str(v["chrom"]).encode()))
+        alleles = b"".join(struct.pack("<I", len(a)) + a.encode() for a in (v["a2"], v["a1"]))
+        g = dosage[:, j]
+        missing = np.isnan(g)
+        probs = np.zeros((n, 2), dtype=np.uint8)  # P(first/first), P(het); P(second/second) implied
+        probs[~missing & (g == 0), 0] = 255
+        probs[~missing & (g == 1), 1] = 255
+        ploidy = np.where(missing, 0x82, 0x02).astype(np.uint8)
+        raw = struct.pack("<IHBB", n, 2, 2, 2) + ploidy.tobytes() + struct.pack("<BB", 0, 8) + probs.tobytes()
+        packed = zlib.compress(raw)
+        out += [ident, struct.pack("<IH", int(v["pos_bp"]), 2), alleles,
+                struct.pack("<II", len(packed) + 4, len(raw)), packed]
+    path.write_bytes(b"".join(out))
+    return path
+
+
+def write_oxford_sample(path: Path, iids: list[str]) -> Path:
+    lines = ["ID_1 ID_2 missing", "0 0 0", *(f"{i} {i} 0" for i in iids)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def fileset(tmp_path):
+    rng = np.random.default_rng(3)
+    n, m = 37, 90  # n not a multiple of 4: the last byte of each variant is padded
+    d = _dosage(rng, n, m)
+    iids = [f"id{k}" for k in range(n)]
+    write_plink(tmp_path / "g", iids, d, _variants(m, chroms=(1, 2, 3)))
+    return tmp_path / "g", iids, d
+
+
+def test_lut_decoder_equals_bed_reader(fileset):
+    prefix, iids, d = fileset
+    source = PlinkSource(prefix)
+    got = np.concatenate([c.dosage for c in source.chunks(16)], axis=1)
+    np.testing.assert_array_equal(got, read_dosage(prefix))
+    np.testing.assert_array_equal(got, d)
+    assert source.iids == iids and source.n_variants == 90
+
+
+def test_chunks_cover_the_variants_in_order_with_column_layout(fileset):
+    prefix, _, d = fileset
+    chunks = list(PlinkSource(prefix).chunks(25))
+    assert [c.start for c in chunks] == [0, 25, 50, 75]
+    assert [c.dosage.shape for c in chunks] == [(37, 25), (37, 25), (37, 25), (37, 15)]
+    assert all(c.dosage.flags["F_CONTIGUOUS"] for c in chunks)
+    assert pd.concat([c.variants for c in chunks])["snp"].tolist() == [f"rs{100 + k}" for k in range(90)]
+
+
+def test_sample_selection_order_and_chromosome(fileset):
+    prefix, iids, d = fileset
+    source = PlinkSource(prefix, sample_iids=["id30", "id2", "id11"], chrom="chr2")
+    assert source.iids == ["id30", "id2", "id11"]
+    assert set(source.variants["chrom"]) == {"2"}
+    cols = np.flatnonzero(_variants(90, chroms=(1, 2, 3))["chrom"].to_numpy() == 2)
+    np.testing.assert_array_equal(source.read(), d[np.ix_([30, 2, 11], cols)])
+    sub = PlinkSource(prefix).select_samples(["id5", "id0"])
+    np.testing.assert_array_equal(sub.read(0, 3), d[[5, 0], :3])
+
+
+def test_unknown_iids_are_listed_with_their_count(fileset):
+    prefix, _, _ = fileset
+    wanted = ["id1", *(f"ghost{k}" for k in range(7))]
+    with pytest.raises(GenotypeError, match=r"7 of 8 sample IIDs are not in .*g\.fam: "
+                                            r"\['ghost0', 'ghost1', 'ghost2', 'ghost3', 'ghost4', \.\.\.\]"):
+        PlinkSource(prefix, sample_iids=wanted)
+    with pytest.raises(GenotypeError, match=r"sample_iids repeats IID\(s\) \['id1'\]"):
+        PlinkSource(prefix).select_samples(["id1", "id1"])
+
+
+def test_bed_size_mismatch_names_the_file(fileset):
+    prefix, _, _ = fileset
+    bed = prefix.with_suffix(".bed")
+    bed.write_bytes(bed.read_bytes()[:-3])
+    with pytest.raises(GenotypeError, match=r"g\.bed has 900 bytes, expected 903 = 3 \+ 90 variants x "
+                                            r"ceil\(37 samples / 4\); the file is truncated"):
+        PlinkSource(prefix)
+
+
+def test_unknown_chromosome_lists_those_present(fileset):
+    expected = r"no variants on chromosome '7'; chromosomes present: \['1', '2', '3'\]"
+    with pytest.raises(GenotypeError, match=expected):
+        PlinkSource(fileset[0], chrom=7)
+
+
+def test_prefetch_decodes_ahead_and_reraises_errors():
+    produced, consumed = [], []
+
+    def items():
+        for k in range(4):
+            produced.append((k, threading.current_thread().name))
+            if k == 3:
+                raise GenotypeError("bad chunk 3")
+            yield k
+
+    with pytest.raises(GenotypeError, match="bad chunk 3"):
+        for k in prefetch(items(), depth=1):
+            consumed.append(k)
+    assert consumed == [0, 1, 2]
+    assert all(name == "genotype-prefetch" for _, name in produced)
+    with pytest.raises(UdipConfigError, match="depth must be >= 1"):
+        next(prefetch([1], depth=0))
+
+
+def test_prefetch_stops_the_producer_when_closed_early():
+    seen = []
+
+    def items():
+        for k in range(1000):
+            seen.append(k)
+            yield k
+
+    it = prefetch(items(), depth=2)
+    assert next(it) == 0
+    it.close()
+    assert len(seen) <= 5
+
+
+def test_array_source_treats_negative_as_missing():
+    d = np.array([[0, 1, -1], [2, -9, 1]])
+    source = ArraySource(d, ["a", "b"], _variants(3))
+    np.testing.assert_array_equal(source.read(), np.array([[0, 1, np.nan], [2, np.nan, 1]], np.float32))
+    expected = r"dosage has shape \(2, 3\), expected \(n_samples, n_variants\) = \(3, 3\)"
+    with pytest.raises(GenotypeError, match=expected):
+        ArraySource(d, ["a", "b", "c"], _variants(3))
+
+
+@pytest.mark.parametrize("with_samples", [True, False])
+def test_bgen_dosage_equals_the_bed(tmp_path, fileset, with_samples):
+    prefix, iids, d = fileset
+    variants = _variants(90, chroms=(1, 2, 3))
+    bgen = write_bgen(tmp_path / "g.bgen", iids, d, variants, with_samples=with_samples)
+    sample = write_oxford_sample(tmp_path / "g.sample", iids) if not with_samples else None
+    source = BgenSource(bgen, sample_path=sample)
+    np.testing.assert_array_equal(np.concatenate([c.dosage for c in source.chunks(32)], axis=1), d)
+    pd.testing.assert_frame_equal(source.variants, PlinkSource(prefix).variants)
+    sub = BgenSource(bgen, sample_path=sample, sample_iids=["id9", "id4"], chrom=3)
+    cols = np.flatnonzero(variants["chrom"].to_numpy() == 3)
+    np.testing.assert_array_equal(sub.read(), d[np.ix_([9, 4], cols)])
+
+
+def test_bgen_without_sample_ids_needs_a_sample_file(tmp_path, fileset):
+    _, iids, d = fileset
+    bgen = write_bgen(tmp_path / "g.bgen", iids, d, _variants(90), with_samples=False)
+    with pytest.raises(GenotypeError, match=r"g\.bgen stores no sample IDs; pass its Oxford \.sample file"):
+        BgenSource(bgen)
+    short = write_oxford_sample(tmp_path / "short.sample", iids[:-1])
+    with pytest.raises(GenotypeError, match=r"short\.sample lists 36 samples but .*g\.bgen holds 37"):
+        BgenSource(bgen, sample_path=short)
+    assert read_oxford_sample(write_oxford_sample(tmp_path / "s.sample", ["x", "y"])) == ["x", "y"]
+
+
+def test_gwas_on_bgen_equals_gwas_on_bed(tmp_path, fileset):
+    prefix, iids, d = fileset
+    rng = np.random.default_rng(5)
+    pheno = pd.DataFrame(rng.standard_normal((37, 2)), index=iids, columns=["u0", "u1"])
+    pheno["u0"] += np.nan_to_num(d[:, 4], nan=1.0)
+    covar = pd.DataFrame(rng.standard_normal((37, 2)), index=iids, columns=["c1", "c2"])
+    cfg = GwasConfig(maf_min=0, call_rate_min=0, keep_p=1.0, chunk_variants=20)
+    bgen = write_bgen(tmp_path / "g.bgen", iids, d, _variants(90, chroms=(1, 2, 3)))
+    from_bed = scan_associations(PlinkSource(prefix), pheno, covar, cfg)
+    from_bgen = scan_associations(BgenSource(bgen), pheno, covar, cfg)
+    pd.testing.assert_frame_equal(from_bgen.hits, from_bed.hits, rtol=1e-10)
+    pd.testing.assert_frame_equal(from_bgen.minp, from_bed.minp, rtol=1e-10)
