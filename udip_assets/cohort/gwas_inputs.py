@@ -63,7 +63,8 @@ def gwas_sample(subjects: pd.DataFrame, udips: pd.DataFrame, spec: CovariateSpec
     complete = kept[cols].notna().all(axis=1)
     excluded["incomplete_covariates"] = int((~complete).sum())
     kept = kept[complete].set_index(kept.loc[complete, "subject_id"].astype(str))
-    dims = [c for c in UDIP_COLUMNS if c in udips.columns]
+    # A model narrower than 128 dims leaves the table's higher udip_ columns NULL: they are not phenotypes.
+    dims = [c for c in UDIP_COLUMNS if c in udips.columns and udips[c].notna().any()]
     pheno = udips.set_index(udips["subject_id"].astype(str))[dims].astype("float64")
     common = kept.index.intersection(pheno.index)
     excluded["no_udips"] = len(kept) - len(common)

@@ -85,6 +85,10 @@ class MlflowTracking(dg.ConfigurableResource):
         root.mkdir(parents=True, exist_ok=True)
         return client.create_experiment(self.experiment, artifact_location=root.resolve().as_uri())
 
+    def log_to_run(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        """Add metrics to an existing (finished) run, e.g. the loci count of a training run's checkpoint."""
+        TrackedRun(self._client(), run_id).log_metrics(metrics, step=step)
+
     @contextmanager
     def start_run(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> Iterator[TrackedRun]:
         """Open a run, log params and tags (plus the git commit), close it as FINISHED or FAILED."""

@@ -141,6 +141,8 @@ CHECKPOINTS = Table(
         ("val_loss", "DOUBLE"),
         ("is_best", "BOOLEAN NOT NULL"),
         ("loci_count", "INTEGER"),
+        ("n_significant_snps", "INTEGER"),
+        ("selected", "BOOLEAN"),
         ("config_json", "VARCHAR"),
         ("created_at", "TIMESTAMP"),
     ),

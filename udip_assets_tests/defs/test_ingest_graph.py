@@ -58,5 +58,5 @@ def test_rematerializing_does_not_duplicate_rows(ingested):
     sql = ("SELECT (SELECT count(*) FROM scans) a, (SELECT count(*) FROM subjects) b, "
            "(SELECT count(*) FROM preprocessed_scans) c")
     before = read_frame(db, sql).iloc[0].tolist()
-    assert materialize_cohort("tiny", instance=instance).success
+    assert materialize_cohort("tiny", selection="group:ingest", instance=instance).success
     assert read_frame(db, sql).iloc[0].tolist() == before

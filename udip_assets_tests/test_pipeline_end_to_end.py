@@ -1,0 +1,125 @@
+"""The whole pipeline on a small synthetic cohort, through real Dagster runs, DuckDB, MLflow and dbt.
+
+ingest -> train (a narrow 2-epoch model) -> loci sweep over its checkpoints -> UDIPs -> GWAS per
+chromosome -> minP -> FUMA loci -> annotations -> dbt build (its tests run as asset checks).
+The model is far too small to find the planted loci; recall is measured by ``make demo``. Here
+every table, file and tracking record must exist and agree with each other.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from udip_assets.cohort.synthetic import PlantedEffect
+from udip_assets.store.schema import UDIP_COLUMNS
+from udip_assets.store.warehouse import read_frame
+from udip_assets_tests.conftest import tiny_config
+
+MODEL = {"enc_dim": 32, "enc_heads": 4, "enc_depth": 1, "dec_dim": 16, "dec_heads": 2, "dec_depth": 1,
+         "epochs": 2, "checkpoint_every": 1, "batch_size": 4}
+RUN_CONFIG = {"ops": {
+    "subjects": {"config": {"train_fraction": 0.3, "val_fraction": 0.1}},
+    "vit_ae_model": {"config": {"preset": "demo", "overrides_json": json.dumps(MODEL), "device": "cpu"}},
+    "checkpoint_loci_sweep": {"config": {"every_epochs": 1, "device": "cpu", "patience_epochs": 1}},
+    "udip_embeddings": {"config": {"device": "cpu"}},
+}}
+
+
+@pytest.fixture(scope="module")
+def pipeline(udip_home):
+    import dagster as dg
+
+    from udip_assets.cohort.synth_build import generate_cohort
+    from udip_assets.defs.run import materialize_cohort
+
+    cfg = replace(tiny_config(name="e2e", seed=5, with_faults=False, n_subjects=90),
+                  effects=(PlantedEffect("ventricles", variance_explained=0.45),))
+    generate_cohort(cfg, udip_home / "cohorts" / "e2e", progress=False)
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize_cohort("e2e", run_config=RUN_CONFIG, instance=instance)
+    assert result.success, result.failures()
+    return udip_home / "warehouse.duckdb", instance, result
+
+
+def _one(db: Path, sql: str):
+    return read_frame(db, sql).iloc[0, 0]
+
+
+def test_stages_ran_in_order(pipeline):
+    _, _, result = pipeline
+    stages = [stage for stage, _, _ in result.runs]
+    assert stages == ["ingest + model", "gwas", "gwas", "loci + annotations"]  # chromosomes 6 and 11
+
+
+def test_training_tables_and_selection(pipeline):
+    db, _, _ = pipeline
+    epochs = read_frame(db, "SELECT * FROM training_epochs WHERE cohort = 'e2e' ORDER BY epoch")
+    assert epochs["epoch"].tolist() == [1, 2] and epochs["val_loss"].notna().all()
+    ck = read_frame(db, "SELECT * FROM checkpoints WHERE cohort = 'e2e' ORDER BY epoch")
+    assert ck["loci_count"].notna().all() and ck["selected"].sum() == 1
+    chosen = ck.loc[ck["selected"], "model_id"].item()
+    assert _one(db, "SELECT DISTINCT model_id FROM udips WHERE cohort = 'e2e' AND split = 'inference' "
+                    f"AND model_id = '{chosen}'") == chosen
+
+
+def test_udips_and_gwas_agree(pipeline):
+    db, _, _ = pipeline
+    model_id = _one(db, "SELECT model_id FROM checkpoints WHERE cohort = 'e2e' AND selected")
+    udips = read_frame(db, f"SELECT * FROM udips WHERE cohort = 'e2e' AND model_id = '{model_id}'")
+    n_inference = _one(db, "SELECT count(*) FROM preprocessed_scans WHERE cohort = 'e2e' AND split = 'inference'")
+    assert len(udips) == n_inference and udips[list(UDIP_COLUMNS[:32])].notna().all().all()
+    assert udips["recon_loss"].gt(0).all()
+    n_snps = _one(db, f"SELECT count(*) FROM minp WHERE cohort = 'e2e' AND model_id = '{model_id}'")
+    assert n_snps > 1000
+    per_chrom = read_frame(db, "SELECT chrom, count(DISTINCT snp) AS n FROM gwas_sumstats "
+                               f"WHERE cohort = 'e2e' AND model_id = '{model_id}' GROUP BY 1")
+    assert per_chrom["n"].sum() == n_snps
+    n_dims = _one(db, f"SELECT count(DISTINCT dim) FROM gwas_sumstats WHERE cohort = 'e2e' AND model_id = '{model_id}'")
+    assert n_dims == 32
+
+
+def test_loci_files_and_dbt_models(pipeline, udip_home):
+    db, instance, result = pipeline
+    assert list(udip_home.glob("artifacts/loci/e2e/*/GenomicRiskLoci.txt"))
+    n_loci = _one(db, "SELECT count(*) FROM genomic_risk_loci WHERE cohort = 'e2e'")
+    assert _one(db, "SELECT count(*) FROM loci_annotated WHERE cohort = 'e2e'") == n_loci
+    assert _one(db, "SELECT count(*) FROM genes WHERE cohort = 'e2e'") > 0
+    checks = [e for e in result.get_asset_check_evaluations() if "novel_loci" in str(e.asset_key)]
+    assert checks and all(e.passed for e in checks)
+
+
+def test_mlflow_store_holds_the_run(pipeline, udip_home):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{udip_home / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("udip").experiment_id],
+                              filter_string="tags.cohort = 'e2e'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.params["model.enc_dim"] == "32" and run.data.tags["preset"] == "demo"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
+    assert len(client.get_metric_history(run.info.run_id, "n_loci")) == 2
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "reconstruction.png" in names and "checkpoints" in names
+    assert not any(re.fullmatch(r"\d{7}", str(v)) for v in run.data.params.values())  # no eids
+
+
+def test_readme_queries_run(pipeline):
+    from click.testing import CliRunner
+
+    from udip_assets.cli import main
+
+    db, _, _ = pipeline
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Example queries", 1)[1].split("\n## ", 1)[0]
+    queries = re.findall(r"```sql\n(.*?)```", section, flags=re.S)
+    assert len(queries) == 3
+    for query in queries:
+        out = CliRunner().invoke(main, ["sql", "--csv", "--db", str(db), query])
+        assert out.exit_code == 0, (query, out.output)
+        assert out.output.splitlines()[0].count(",") >= 3  # a header with the query's columns
