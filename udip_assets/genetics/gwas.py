@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import sys
 import threading
 import time
 import warnings
@@ -36,8 +37,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.special as sps
-import torch
-from scipy import stats
 
 from udip_assets.errors import CovariateError, SummaryStatsError, UdipConfigError
 from udip_assets.genetics.clump import MINP_COLUMNS
@@ -48,7 +47,7 @@ DTYPES = ("float32", "float64")
 HITS_COLUMNS = ("snp", "chrom", "pos_bp", "a1", "a2", "dim", "beta", "se", "t", "p")
 SUMSTATS_COLUMNS = (*HITS_COLUMNS, "neg_log10_p")
 _FLOAT_COLUMNS = ("beta", "se", "t", "p", "neg_log10_p")
-CHI2_MEDIAN_1DF = float(stats.chi2.ppf(0.5, 1))  # 0.4549364...
+CHI2_MEDIAN_1DF = float(sps.chdtri(1, 0.5))  # 0.4549364..., the median of chi2(1)
 # |t| histogram for lambda GC: bins of width _T_HIST_MAX / _T_HIST_BINS, one overflow bin.
 _T_HIST_BINS = 32_768
 _T_HIST_MAX = 4.0
@@ -258,6 +257,91 @@ def t_to_neg_log10_p(t: np.ndarray, df: np.ndarray | float, p: np.ndarray | None
     return out
 
 
+_P_TABLE_STEP = 1.0 / 256  # grid step in |t| of the interpolation tables
+_P_TABLE_MIN_P = 1e-250  # tables reach the |t| of this p (or _P_TABLE_MAX_T); beyond, the exact functions
+_P_TABLE_MAX_T = 64.0
+
+
+class _PValueTable:
+    """ln p(|t|) of the two-sided t test for one df, on a uniform |t| grid, for cubic Hermite interpolation.
+
+    Writing every SNP x dim to the sumstats needs p and -log10 p for millions of tests, and the
+    incomplete beta behind them was the scan's largest cost. For a given df, ln p is a smooth
+    function of |t| with a bounded fourth derivative, so cubic Hermite interpolation between exact
+    values and exact derivatives (d ln p / dt = -2 pdf(t) / p) on a 1/256 grid is within ~1e-13 of
+    the exact value (checked in the tests over df 5..1e6); |t| beyond the table (p < 1e-250 or
+    |t| > 64) and
+    non-finite values go to :func:`t_to_p` / :func:`t_to_neg_log10_p`.
+    """
+
+    def __init__(self, df: float) -> None:
+        self.df = float(df)
+        t_max = float(p_to_abs_t(_P_TABLE_MIN_P, self.df))
+        self.t_max = min(t_max, _P_TABLE_MAX_T) if np.isfinite(t_max) and t_max > 0 else _P_TABLE_MAX_T
+        n = int(np.ceil(self.t_max / _P_TABLE_STEP)) + 2
+        t = np.arange(n) * _P_TABLE_STEP
+        self.ln_p = -t_to_neg_log10_p(t, self.df) * np.log(10.0)
+        nu = self.df
+        log_pdf = (sps.gammaln((nu + 1) / 2) - sps.gammaln(nu / 2) - 0.5 * np.log(nu * np.pi)
+                   - (nu + 1) / 2 * np.log1p(t * t / nu))
+        self.slope = -2.0 * np.exp(log_pdf - self.ln_p) * _P_TABLE_STEP  # derivative per grid step
+
+    def __call__(self, t_abs: np.ndarray) -> np.ndarray:
+        """ln p of finite ``t_abs`` (>= 0, < ``t_max``)."""
+        x = t_abs * (1.0 / _P_TABLE_STEP)
+        i = x.astype(np.int64)
+        s = x - i
+        s2 = s * s
+        s3 = s2 * s
+        h01 = 3.0 * s2 - 2.0 * s3
+        return ((1.0 - h01) * self.ln_p[i] + h01 * self.ln_p[i + 1]
+                + (s3 - 2.0 * s2 + s) * self.slope[i] + (s3 - s2) * self.slope[i + 1])
+
+
+class _PValueTables:
+    """:class:`_PValueTable` per df, built on first use (shared by the scan's worker threads)."""
+
+    def __init__(self) -> None:
+        self._tables: dict[float, _PValueTable] = {}
+        self._lock = threading.Lock()
+
+    def table(self, df: float) -> _PValueTable:
+        found = self._tables.get(float(df))
+        if found is None:
+            with self._lock:
+                found = self._tables.setdefault(float(df), _PValueTable(df))
+        return found
+
+    def p_and_neg_log10_p(self, t: np.ndarray, df: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Two-sided p and -log10 p of ``t`` (v, P) with per-row ``df`` (v,), float64.
+
+        Equal to ``t_to_p`` / ``t_to_neg_log10_p`` to ~1e-12 relative (exact outside the tables).
+        """
+        t_abs = np.abs(np.asarray(t, dtype=np.float64))
+        ln_p = np.empty_like(t_abs)
+        values, inverse = np.unique(df, return_inverse=True)
+        for k, d in enumerate(values):
+            rows = inverse == k
+            block = t_abs if values.size == 1 else t_abs[rows]
+            table = self.table(d)
+            inside = block < table.t_max  # False for NaN and inf
+            out = np.full(block.shape, np.nan)
+            out[inside] = table(block[inside])
+            if values.size == 1:
+                ln_p = out
+            else:
+                ln_p[rows] = out
+        exact = ~(ln_p == ln_p)  # NaN: beyond the tables or not finite
+        p = np.exp(ln_p)
+        neg_log10_p = ln_p * (-1.0 / np.log(10.0))
+        if exact.any():
+            rows, cols = np.nonzero(exact)
+            df_e = np.asarray(df, dtype=np.float64)[rows]
+            p[rows, cols] = t_to_p(t_abs[rows, cols], df_e)
+            neg_log10_p[rows, cols] = t_to_neg_log10_p(t_abs[rows, cols], df_e, p[rows, cols])
+        return p, neg_log10_p
+
+
 # --------------------------------------------------------------------------- covariates
 
 
@@ -463,8 +547,10 @@ def _null_model(residualizer: Residualizer, y: np.ndarray, dims: Sequence[str], 
 class _Block:
     """Centred genotypes of the SNPs of a chunk that pass the filters.
 
-    g : (v, n) compute dtype, dosage minus the SNP's mean over called samples, 0 where missing.
-    gg0 : (v,) float64 sum of squares of g. n_obs : (v,) called samples. maf : (v,).
+    g : (v, n) compute dtype, dosage minus the SNP's mean over called samples, 0 where missing;
+    or, when ``offset`` is set (a chunk without missing calls), the raw dosage, whose centring
+    ``g - offset`` is applied to the matrix product instead (one pass over the chunk fewer).
+    gg0 : (v,) float64 sum of squares of the centred g. n_obs : (v,) called samples. maf : (v,).
     miss_rows : (v_m,) rows of g with missing calls (drop mode only); miss_idx : (v_m, m_max)
     their missing sample indices, padded with n_samples (the zero row of the padded matrices).
     rows : (v,) rows of the chunk; raw : the chunk's (n_chunk, n) float32 dosage (NaN missing).
@@ -480,6 +566,25 @@ class _Block:
     rows: np.ndarray
     raw: np.ndarray
     skipped: dict
+    offset: np.ndarray | None = None
+
+
+def _center_implicitly(raw: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """A chunk without missing calls, left uncentred: (g = raw in ``dtype``, gg0, mean), else None.
+
+    Dosages are small integers, so the row sums and sums of squares are exact (float32 sums of
+    integers below 2^24, then float64), and so is ``gg0 = sum g^2 - n mean^2``. The product with
+    the right-hand side is corrected by ``mean x colsum`` in :func:`_sums`.
+    """
+    if np.isnan(raw.sum(axis=1)).any():  # any NaN in a row makes its sum NaN
+        return None
+    n = raw.shape[1]
+    total = raw.sum(axis=1).astype(np.float64)
+    sq = np.einsum("ij,ij->i", raw, raw).astype(np.float64)
+    mean = total / n
+    gg0 = sq - total * mean
+    g = raw if raw.dtype == np.dtype(dtype) else raw.astype(dtype)
+    return g, gg0, mean
 
 
 def _center(raw: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
@@ -532,7 +637,12 @@ def _prepare(chunk: GenotypeChunk, cfg: GwasConfig, n_columns: int) -> _Block:
     """
     raw = np.ascontiguousarray(chunk.dosage.T)  # (v, n)
     n = raw.shape[1]
-    g, gg0, mean, miss = _center(raw, cfg.dtype)
+    implicit = _center_implicitly(raw, cfg.dtype)
+    if implicit is not None:
+        g, gg0, mean = implicit
+        miss = None
+    else:
+        g, gg0, mean, miss = _center(raw, cfg.dtype)
     n_obs = n - miss.sum(axis=1) if miss is not None else np.full(len(raw), n)
     maf = np.minimum(mean / 2.0, 1.0 - mean / 2.0)
     low_call = n_obs < cfg.call_rate_min * n
@@ -552,7 +662,7 @@ def _prepare(chunk: GenotypeChunk, cfg: GwasConfig, n_columns: int) -> _Block:
                "monomorphic": int(flat.sum())}
     return _Block(variants=chunk.variants.iloc[rows].reset_index(drop=True), g=g, gg0=gg0,
                   n_obs=n_obs[rows], maf=maf[rows], miss_rows=miss_rows, miss_idx=miss_idx, rows=rows,
-                  raw=raw, skipped=skipped)
+                  raw=raw, skipped=skipped, offset=mean[rows] if implicit is not None else None)
 
 
 @dataclass
@@ -573,9 +683,11 @@ class _Sums:
 def _sums(block: _Block, model: _NullModel, cfg: GwasConfig, rhs: np.ndarray) -> _Sums:
     """One matrix product for the chunk, then the exact per-SNP downdate for missing calls."""
     n_dims = model.n_dims
-    prod = block.g @ rhs  # (v, P + c)
-    gy = prod[:, :n_dims].astype(np.float64)
-    u = prod[:, n_dims:].astype(np.float64)  # (v, c) = Q'g
+    prod = (block.g @ rhs).astype(np.float64)  # (v, P + c)
+    if block.offset is not None:  # uncentred g: (g - mean)' rhs = g' rhs - mean 1' rhs
+        prod -= block.offset[:, None] * rhs.sum(axis=0, dtype=np.float64)[None, :]
+    gy = prod[:, :n_dims]
+    u = prod[:, n_dims:]  # (v, c) = Q'g
     gg = block.gg0 - np.einsum("ij,ij->i", u, u)
     ok = np.ones(len(gg), dtype=bool)
     if cfg.missing == "drop":
@@ -616,6 +728,7 @@ def _downdate_missing(idx: np.ndarray, u: np.ndarray, gy: np.ndarray, gg0: np.nd
     on K does not change these, so they equal OLS on the called samples exactly. A SNP whose
     missing samples leave the covariates rank-deficient (Cholesky fails) is flagged not ``ok``.
     """
+    torch = _torch()
     w = torch.from_numpy(model.q_pad[idx])  # (b, m, c)
     y_m = torch.from_numpy(model.y_pad[idx])  # (b, m, P)
     eye = torch.eye(w.shape[2], dtype=w.dtype)
@@ -653,12 +766,15 @@ class _Stats:
         gg = self.gg[rows]
         return self.gy[rows, cols] / gg, np.sqrt(self.resid[rows, cols] / self.df[rows]) / gg
 
-    def full_columns(self) -> dict:
-        """(v, P) beta, se, p and -log10 p of every test."""
+    def full_columns(self, tables: _PValueTables | None = None) -> dict:
+        """(v, P) beta, se, p and -log10 p of every test (p through ``tables`` when given)."""
         gg, df = self.gg[:, None], self.df[:, None]
-        p = t_to_p(self.t, df)
-        return {"beta": self.gy / gg, "se": np.sqrt(self.resid / df) / gg, "p": p,
-                "neg_log10_p": t_to_neg_log10_p(self.t, df, p)}
+        if tables is None:
+            p = t_to_p(self.t, df)
+            neg_log10_p = t_to_neg_log10_p(self.t, df, p)
+        else:
+            p, neg_log10_p = tables.p_and_neg_log10_p(self.t, self.df)
+        return {"beta": self.gy / gg, "se": np.sqrt(self.resid / df) / gg, "p": p, "neg_log10_p": neg_log10_p}
 
     def replace_rows(self, rows: np.ndarray, exact: _Stats) -> None:
         """Overwrite ``rows`` with ``exact`` (same SNPs recomputed), derived arrays included."""
@@ -697,7 +813,8 @@ def _drop_rows(block: _Block, sums: _Sums, keep: np.ndarray) -> tuple[_Block, _S
     """Block and sums restricted to rows ``keep`` (SNPs that could be tested)."""
     yy = sums.yy[keep] if sums.yy.ndim == 2 else sums.yy
     sums = _Sums(gy=sums.gy[keep], gg=sums.gg[keep], yy=yy, df=sums.df[keep], ok=sums.ok[keep])
-    block = _Block(variants=block.variants.iloc[keep].reset_index(drop=True), g=block.g[keep],
+    offset = block.offset[keep] if block.offset is not None else None
+    block = _Block(variants=block.variants.iloc[keep].reset_index(drop=True), g=block.g[keep], offset=offset,
                    gg0=block.gg0[keep], n_obs=block.n_obs[keep], maf=block.maf[keep],
                    miss_rows=np.empty(0, np.int64), miss_idx=np.empty((0, 0), np.int64),
                    rows=block.rows[keep], raw=block.raw, skipped=block.skipped)
@@ -845,7 +962,7 @@ def lambda_from_histogram(hist: np.ndarray, df_ref: float) -> np.ndarray:
             values.append((b + (rank - before - 0.5) / counts[b]) * width)
         t_med = float(np.mean(values))
         if np.isfinite(t_med):
-            out[k] = stats.chi2.isf(t_to_p(t_med, df_ref), 1) / CHI2_MEDIAN_1DF
+            out[k] = sps.chdtri(1, t_to_p(t_med, df_ref)) / CHI2_MEDIAN_1DF
         else:
             out[k] = np.inf
     return out
@@ -950,6 +1067,17 @@ def _sumstats_table(variants: pd.DataFrame, st: _Stats):
 # --------------------------------------------------------------------------- the scan
 
 
+def _torch():
+    """torch (batched Cholesky for SNPs with missing calls), imported on first use: importing it costs
+    ~1.5 s, which a scan of complete genotypes never pays. Its intra-op threads are set to 1, as
+    the scan's own workers are the parallelism; :func:`_single_threaded_blas` restores them."""
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    return torch
+
+
 @contextlib.contextmanager
 def _single_threaded_blas() -> Iterator[None]:
     """BLAS (threadpoolctl) and torch intra-op threads set to 1 for the scan, then restored.
@@ -959,17 +1087,22 @@ def _single_threaded_blas() -> Iterator[None]:
     """
     from threadpoolctl import threadpool_limits
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch = sys.modules.get("torch")
+    # torch's default when it is first imported during the scan (one thread per usable core)
+    before = torch.get_num_threads() if torch is not None else len(os.sched_getaffinity(0))
+    if torch is not None:
+        torch.set_num_threads(1)
     try:
         with threadpool_limits(limits=1):
             yield
     finally:
-        torch.set_num_threads(before)
+        if (torch := sys.modules.get("torch")) is not None:
+            torch.set_num_threads(before)
 
 
 def _chunk_statistics(source: GenotypeSource, bounds: tuple[int, int], model: _NullModel, cfg: GwasConfig,
-                      n_columns: int, binner: _Binner, full: bool) -> tuple[_Block, _Stats, int]:
+                      n_columns: int, binner: _Binner, full: bool,
+                      tables: _PValueTables | None = None) -> tuple[_Block, _Stats, int]:
     """Worker: decode, filter and centre one chunk, one matrix product, statistics (+ full columns)."""
     block = _prepare(source.read_chunk(*bounds), cfg, n_columns)
     sums = _sums(block, model, cfg, model.rhs)
@@ -979,7 +1112,7 @@ def _chunk_statistics(source: GenotypeSource, bounds: tuple[int, int], model: _N
     st = _statistics(sums)
     st.bins = binner.bins(st.t, st.df)
     if full:
-        st.full = st.full_columns()
+        st.full = st.full_columns(tables)
     return block, st, n_singular
 
 
@@ -1058,7 +1191,7 @@ def scan_associations(genotypes: GenotypeSource, phenotypes: pd.DataFrame, covar
     with _SumstatsWriter(sumstats_path) as writer, _single_threaded_blas(), \
             ThreadPoolExecutor(n_workers, thread_name_prefix="gwas") as pool:
         work = partial(_chunk_statistics, source, model=model, cfg=cfg, n_columns=residualizer.n_columns,
-                       binner=binner, full=writer.active)
+                       binner=binner, full=writer.active, tables=_PValueTables())
         results = _in_order(pool, work, bounds, n_workers + 1)
         for (start, stop), (block, st, n_singular) in zip(bounds, results, strict=True):
             acc.add(block, st, n_singular)

@@ -24,7 +24,6 @@ from udip_assets.errors import CovariateError, GenotypeError, SummaryStatsError,
 from udip_assets.genetics.design import CovariateSpec, design_matrix, read_plink2_table
 from udip_assets.genetics.genotype_stream import BgenSource, GenotypeSource, PlinkSource
 from udip_assets.genetics.gwas import DTYPES, GwasConfig, GwasResult, merge_results, scan_associations
-from udip_assets.genetics.gwas_plots import manhattan_figure, qq_figure
 
 FUMA_COLUMNS = {"snp": "SNP", "chrom": "CHR", "pos_bp": "BP", "a1": "A1", "a2": "A2", "p": "P", "dim": "dim",
                 "beta": "BETA", "se": "SE"}
@@ -59,6 +58,8 @@ def read_covariates(path: Path | None, index: pd.Index) -> pd.DataFrame:
 
 
 def _write_tables(result: GwasResult, out: Path, sig_p: float) -> dict[str, Path]:
+    from udip_assets.genetics.gwas_plots import manhattan_figure, qq_figure  # matplotlib: ~0.8 s to import
+
     paths = {"minp": out / "minp.tsv", "hits": out / "hits.tsv", "manhattan": out / "manhattan.png",
              "qq": out / "qq.png"}
     fuma = result.minp.loc[:, list(FUMA_COLUMNS)].rename(columns=FUMA_COLUMNS)

@@ -356,3 +356,33 @@ def test_generic_source_contract(cohort):
     source = ArraySource(g, list(pheno.index), variants)
     assert isinstance(source, GenotypeSource)
     assert [c.start for c in source.chunks(50, prefetch_depth=0)] == [0, 50, 100]
+
+
+@pytest.mark.parametrize("df", [5.0, 37.0, 981.0, 4_981.0, 1e6])
+def test_p_value_tables_equal_the_incomplete_beta(df):
+    """The sumstats' interpolated p and -log10 p against scipy's incomplete beta, over the whole range."""
+    from udip_assets.genetics.gwas import _PValueTables
+
+    rng = np.random.default_rng(int(df) % 1000)
+    # past both the table's end (|t| 64) and p = 1e-250
+    t_max = min(abs(float(np.nan_to_num(p_to_abs_t(1e-300, df), nan=200.0))), 200.0)
+    t = np.concatenate([rng.uniform(-t_max, t_max, 14_000), rng.standard_normal(14_000) * 3,
+                        [0.0, 1e-12, np.inf, -np.inf, np.nan, t_max, 2 * t_max]]).reshape(-1, 7)
+    p, nl = _PValueTables().p_and_neg_log10_p(t, np.full(len(t), df))
+    p_ref = t_to_p(t, df)
+    nl_ref = t_to_neg_log10_p(t, df)
+    finite = np.isfinite(t)
+    np.testing.assert_allclose(p[finite], p_ref[finite], rtol=1e-10, atol=0)
+    np.testing.assert_allclose(nl[finite], nl_ref[finite], rtol=1e-11, atol=1e-11)
+    assert np.array_equal(np.isnan(p), np.isnan(p_ref)) and np.array_equal(np.isnan(nl), np.isnan(nl_ref))
+
+
+def test_p_value_tables_follow_each_rows_df():
+    from udip_assets.genetics.gwas import _PValueTables
+
+    rng = np.random.default_rng(3)
+    df = rng.choice([4_950.0, 4_960.0, 4_981.0, 12.0], 300)
+    t = rng.standard_normal((300, 16)) * 4
+    p, nl = _PValueTables().p_and_neg_log10_p(t, df)
+    np.testing.assert_allclose(p, t_to_p(t, df[:, None]), rtol=1e-10)
+    np.testing.assert_allclose(nl, t_to_neg_log10_p(t, df[:, None]), rtol=1e-11, atol=1e-11)
