@@ -167,6 +167,12 @@ def _math_forward(q_scaled: Tensor, k: Tensor, v: Tensor, keep_probs: bool) -> t
     return out, probs
 
 
+# 'auto' attention on CPU in bfloat16: the math path beats SDPA for short sequences (2 mm demo
+# grid, ~155 tokens: 3.5 vs 6.2 ms per layer forward+backward) and loses for long ones (1 mm paper
+# grid, ~910 tokens: 44 vs 40 ms); benchmarks/bench_model.py measures both.
+_MATH_MAX_TOKENS = 512
+
+
 class _MathAttention(torch.autograd.Function):
     """Exact attention with a hand-written, chunked backward (see :func:`math_attention`)."""
 
@@ -253,8 +259,8 @@ class Attention(nn.Module):
         Dropout after the output projection.
     backend : str
         'sdpa' (``torch.nn.functional.scaled_dot_product_attention``), 'math'
-        (:func:`math_attention`) or 'auto' (math for bfloat16 on CPU, where it is faster; sdpa
-        otherwise, e.g. flash attention on GPU).
+        (:func:`math_attention`) or 'auto' (math for bfloat16 on CPU up to ``_MATH_MAX_TOKENS``
+        tokens per scan, where it is faster; sdpa otherwise, e.g. flash attention on GPU).
     """
 
     def __init__(self, dim: int, heads: int, qkv_bias: bool, proj_drop: float, backend: str) -> None:
@@ -287,7 +293,7 @@ class Attention(nn.Module):
 
     def _use_math(self, q: Tensor) -> bool:
         if self.backend == "auto":
-            return q.device.type == "cpu" and q.dtype == torch.bfloat16
+            return q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[2] <= _MATH_MAX_TOKENS
         return self.backend == "math"
 
     def forward(self, x: Tensor, seqlens: Sequence[int]) -> Tensor:

@@ -396,3 +396,11 @@ def test_cuda_matches_cpu(bf16):
     torch.testing.assert_close(out.per_scan_loss.cpu(), ref.per_scan_loss, rtol=tol, atol=0)
     torch.testing.assert_close(out.udip[:1], alone.udip, rtol=0, atol=5e-3 if bf16 else 1e-5)
     assert out.pred.device.type == "cuda" and out.pred.dtype == torch.float32
+
+
+@pytest.mark.parametrize(("tokens", "dtype", "math_path"), [
+    (150, torch.bfloat16, True), (vit_ae._MATH_MAX_TOKENS, torch.bfloat16, True),
+    (vit_ae._MATH_MAX_TOKENS + 1, torch.bfloat16, False), (150, torch.float32, False)])
+def test_auto_attention_takes_the_math_path_only_for_short_bf16_sequences(tokens, dtype, math_path):
+    attn = vit_ae.Attention(dim=32, heads=4, qkv_bias=True, proj_drop=0.0, backend="auto")
+    assert attn._use_math(torch.zeros(1, 4, tokens, 8, dtype=dtype)) is math_path
