@@ -96,6 +96,49 @@ def where() -> None:
     click.echo("Dagster UI     make ui   (then open http://127.0.0.1:3000)")
 
 
+@main.command()
+@click.option("--cohort", default="demo", show_default=True, help="A synthetic cohort (one with a truth.json).")
+@click.option("--model-id", default=None, help="Loci of this model (default: the selected checkpoint's).")
+def truth(cohort: str, model_id: str | None) -> None:
+    """Score a synthetic cohort's genomic risk loci against its planted causal SNPs.
+
+    A planted SNP is found when a locus span contains it; recall is over the SNPs the truth file marks
+    detectable, precision is the share of loci with a planted SNP within 250 kb.
+    """
+    from udip_assets.cohort.spec import load_cohort
+    from udip_assets.cohort.truth_check import load_truth, score_loci
+    from udip_assets.store.warehouse import read_frame
+
+    spec = load_cohort(paths.cohorts_dir() / cohort)
+    if spec.truth is None:
+        raise click.ClickException(f"cohort {cohort} has no truth file (only `udip synth` cohorts have one)")
+    db = paths.warehouse_path()
+    try:
+        if model_id is None:
+            chosen = read_frame(db, "SELECT model_id FROM checkpoints WHERE cohort = ? AND selected "
+                                    "ORDER BY created_at DESC LIMIT 1", [cohort])
+            if chosen.empty:
+                chosen = read_frame(db, "SELECT model_id FROM genomic_risk_loci WHERE cohort = ? LIMIT 1", [cohort])
+            if chosen.empty:
+                raise click.ClickException(f"no loci for cohort {cohort} yet; run `udip materialize --cohort {cohort}`")
+            model_id = str(chosen["model_id"].iloc[0])
+        loci = read_frame(db, 'SELECT "GenomicLocus", chr, start, "end", p, "nLeadSNPs", dim, dims FROM '
+                              'genomic_risk_loci WHERE cohort = ? AND model_id = ? ORDER BY "GenomicLocus"',
+                          [cohort, model_id])
+    except WarehouseError as exc:
+        raise click.ClickException(str(exc)) from exc
+    planted = load_truth(spec.truth)
+    score = score_loci(loci, planted)
+    click.echo(f"cohort {cohort}, model {model_id}: {len(loci)} genomic risk loci")
+    for row in planted.sort_values(["chrom", "pos_bp"]).itertuples():
+        status = "found" if row.snp in score.found else "missed"
+        click.echo(f"  {row.snp:>14} chr{row.chrom}:{row.pos_bp:<10} {row.region:<12} effect {row.effect:+.2f} "
+                   f"{'detectable' if row.detectable else 'weak      '} {status}")
+    click.echo(f"recall {score.n_found_detectable}/{score.n_detectable} detectable planted loci "
+               f"({score.recall:.0%}); precision {score.n_true_loci}/{score.n_loci} loci with a planted SNP "
+               f"within 250 kb ({score.precision:.0%})")
+
+
 def _register_gwas() -> None:
     # the standalone engine lives with the genetics code; imported here so `udip gwas` is one command
     from udip_assets.genetics.gwas_cli import gwas_command
