@@ -93,6 +93,13 @@ def _record(home: UdipHome, ck: pd.DataFrame, points: list[SweepPoint], best: Sw
     ck["selected"] = ck["model_id"] == best.model_id
     part = {"cohort": ck["cohort"].iloc[0], "run_id": ck["run_id"].iloc[0]}
     home.write(CHECKPOINTS, ck[[c for c in CHECKPOINTS.column_names if c in ck.columns]], **part)
+    # one selected checkpoint per cohort: an earlier run's selection is withdrawn
+    others = home.query("SELECT * FROM checkpoints WHERE cohort = ? AND run_id <> ? AND selected",
+                        [part["cohort"], part["run_id"]])
+    for run_id in others["run_id"].unique():
+        old = home.query("SELECT * FROM checkpoints WHERE cohort = ? AND run_id = ?", [part["cohort"], run_id])
+        home.write(CHECKPOINTS, old.assign(selected=False)[[c for c in CHECKPOINTS.column_names if c in old.columns]],
+                   cohort=part["cohort"], run_id=run_id)
 
 
 selection_assets = [checkpoint_loci_sweep]
