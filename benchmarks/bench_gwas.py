@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from results_md import update_section  # benchmarks/results_md.py, beside this script
 
 from udip_assets.genetics.design import write_plink2_table
 from udip_assets.genetics.plink import BED_MAGIC, _encode_bed_rows
@@ -290,23 +291,8 @@ from the subset."""
 
 
 def update_results_md(path: Path, label: str, body: str) -> None:
-    """Replace (or add) the '### label' subsection inside the '## GWAS engine' section."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if SECTION not in text:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\nWritten by `benchmarks/bench_gwas.py`.\n\n"
-    start = text.index(SECTION)
-    nxt = text.find("\n## ", start + len(SECTION))
-    end = len(text) if nxt < 0 else nxt + 1
-    section = text[start:end]
-    head = f"### {label}\n"
-    if head in section:
-        s0 = section.index(head)
-        s1 = section.find("\n### ", s0 + len(head))
-        section = section[:s0] + body.rstrip("\n") + "\n\n" + ("" if s1 < 0 else section[s1 + 1:])
-    else:
-        section = section.rstrip("\n") + "\n\n" + body
-    rest = "\n" + text[end:] if end < len(text) else ""
-    path.write_text(text[:start] + section.rstrip("\n") + "\n" + rest)
+    """Replace (or add) the '### label' subsection of this benchmark's section of RESULTS.md."""
+    update_section(path, SECTION, "benchmarks/bench_gwas.py", label, body)
 
 
 def main(argv: list[str] | None = None) -> dict:

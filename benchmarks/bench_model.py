@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from results_md import update_section  # benchmarks/results_md.py, beside this script
 
 from udip_assets.imaging.anatomy import load_anatomy
 from udip_assets.imaging.grids import GRIDS
@@ -308,23 +309,8 @@ NOTES = [" ".join(NOTES_TEXT.split())]
 
 
 def update_results_md(path: Path, label: str, body: str) -> None:
-    """Replace (or add) the '### label' subsection inside the '## ViT-AE model' section."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if SECTION not in text:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\nWritten by `benchmarks/bench_model.py`.\n\n"
-    start = text.index(SECTION)
-    nxt = text.find("\n## ", start + len(SECTION))
-    end = len(text) if nxt < 0 else nxt + 1
-    section = text[start:end]
-    head = f"### {label}\n"
-    if head in section:
-        s0 = section.index(head)
-        s1 = section.find("\n### ", s0 + len(head))
-        section = section[:s0] + body.rstrip("\n") + "\n\n" + ("" if s1 < 0 else section[s1 + 1:])
-    else:
-        section = section.rstrip("\n") + "\n\n" + body
-    rest = "\n" + text[end:] if end < len(text) else ""
-    path.write_text(text[:start] + section.rstrip("\n") + "\n" + rest)
+    """Replace (or add) the '### label' subsection of this benchmark's section of RESULTS.md."""
+    update_section(path, SECTION, "benchmarks/bench_model.py", label, body)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

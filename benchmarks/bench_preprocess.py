@@ -43,6 +43,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from results_md import update_section  # benchmarks/results_md.py, beside this script
 
 from udip_assets.imaging.grids import GRIDS, Grid
 from udip_assets.imaging.nifti import validate_scan
@@ -208,23 +209,8 @@ def render_markdown(label: str, command: str, result: dict) -> str:
 
 
 def update_results_md(path: Path, label: str, body: str) -> None:
-    """Replace (or add) the '### label' subsection inside the '## Preprocessing' section."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if SECTION not in text:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\nWritten by `benchmarks/bench_preprocess.py`.\n\n"
-    start = text.index(SECTION)
-    nxt = text.find("\n## ", start + len(SECTION))
-    end = len(text) if nxt < 0 else nxt + 1
-    section = text[start:end]
-    head = f"### {label}\n"
-    if head in section:
-        s0 = section.index(head)
-        s1 = section.find("\n### ", s0 + len(head))
-        section = section[:s0] + body.rstrip("\n") + "\n\n" + ("" if s1 < 0 else section[s1 + 1:])
-    else:
-        section = section.rstrip("\n") + "\n\n" + body
-    rest = "\n" + text[end:] if end < len(text) else ""
-    path.write_text(text[:start] + section.rstrip("\n") + "\n" + rest)
+    """Replace (or add) the '### label' subsection of this benchmark's section of RESULTS.md."""
+    update_section(path, SECTION, "benchmarks/bench_preprocess.py", label, body)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -36,12 +36,12 @@ class GwasAssetConfig(dg.Config):
 
     numeric_covariates: list[str] = list(PAPER_NUMERIC)
     categorical_covariates: list[str] = list(PAPER_CATEGORICAL)
-    missing: str = "drop"
-    maf_min: float = 0.01
-    call_rate_min: float = 0.95
-    chunk_variants: int = 2048
-    dtype: str = "float32"
-    keep_p: float = 1e-5
+    missing: str = GwasConfig().missing
+    maf_min: float = GwasConfig().maf_min
+    call_rate_min: float = GwasConfig().call_rate_min
+    chunk_variants: int = GwasConfig().chunk_variants
+    dtype: str = GwasConfig().dtype
+    keep_p: float = GwasConfig().keep_p
     split: str = "inference"
 
     def covariate_spec(self) -> CovariateSpec:
