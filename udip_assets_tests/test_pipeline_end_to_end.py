@@ -123,3 +123,21 @@ def test_readme_queries_run(pipeline):
         out = CliRunner().invoke(main, ["sql", "--csv", "--db", str(db), query])
         assert out.exit_code == 0, (query, out.output)
         assert out.output.splitlines()[0].count(",") >= 3  # a header with the query's columns
+
+
+def test_truth_scores_the_loci_and_runs_the_control_on_the_gwas_subjects(pipeline):
+    from click.testing import CliRunner
+
+    from udip_assets.cli import main
+
+    db, _, _ = pipeline
+    model_id = _one(db, "SELECT model_id FROM checkpoints WHERE cohort = 'e2e' AND selected")
+    n_gwas = _one(db, f"SELECT count(*) FROM udips WHERE cohort = 'e2e' AND model_id = '{model_id}' "
+                      "AND split = 'inference'")
+    out = CliRunner().invoke(main, ["truth", "--cohort", "e2e", "--control"])
+    assert out.exit_code == 0, out.output
+    assert f"model {model_id}:" in out.output and "rs11005563134" in out.output
+    assert re.search(r"^recall \d+/1 detectable planted loci", out.output, flags=re.M)
+    # the control tests the true volumes of exactly the UDIP GWAS subjects (too few here to find anything:
+    # the demo's 1,000 find all 8 detectable loci)
+    assert re.search(rf"control \(true region volumes of the same {n_gwas} subjects, 1 phenotypes", out.output)

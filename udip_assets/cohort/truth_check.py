@@ -66,3 +66,24 @@ def score_loci(loci: pd.DataFrame, truth: pd.DataFrame, near_bp: int = 250_000) 
         found=tuple(found),
         missed=tuple(detectable.loc[~detectable["snp"].isin(found), "snp"]),
     )
+
+
+def true_region_phenotypes(path: Path) -> pd.DataFrame:
+    """The generator's per-subject morphology (``truth_subjects.csv``) as phenotypes, one row per subject.
+
+    Columns: each region's log-volume (``vol_<region>``) and stretch (``stretch_<region>``), from
+    the subject's last visit (the visit the pipeline keeps), indexed by subject id (str). These are
+    what the planted SNPs act on, so a GWAS of them is the ceiling a GWAS of UDIPs can reach.
+    """
+    table = pd.read_csv(path, dtype={"eid": str})
+    if not {"eid", "visit", "morphology"} <= set(table.columns):
+        raise ValueError(f"{path} lacks columns eid, visit, morphology; is it a udip synth truth_subjects.csv?")
+    last = table.sort_values(["eid", "visit"]).drop_duplicates("eid", keep="last")
+    rows = []
+    for morph in last["morphology"]:
+        parsed = json.loads(morph)
+        row = {f"vol_{r}": v for r, v in parsed.get("region_log_volume", {}).items()}
+        row.update({f"stretch_{r}": v for r, v in parsed.get("region_stretch", {}).items()})
+        rows.append(row)
+    out = pd.DataFrame(rows, index=pd.Index(last["eid"].astype(str), name="subject_id")).astype("float64")
+    return out.loc[:, out.notna().all() & (out.std() > 0)]
