@@ -33,7 +33,7 @@ demo: install
 	$(BIN)/udip materialize --cohort $(DEMO_NAME)
 	$(BIN)/udip sql "SELECT status, count(*) AS n FROM scans WHERE cohort = '$(DEMO_NAME)' GROUP BY 1 ORDER BY 2 DESC"
 	$(BIN)/udip sql "SELECT split, kept, count(*) AS n FROM subjects WHERE cohort = '$(DEMO_NAME)' GROUP BY ALL ORDER BY ALL"
-	$(BIN)/udip sql "SELECT model_id, epoch, round(val_loss, 4) AS val_loss, loci_count, selected FROM checkpoints WHERE cohort = '$(DEMO_NAME)' AND loci_count IS NOT NULL ORDER BY epoch"
+	$(BIN)/udip sql "SELECT model_id, epoch, round(val_loss, 4) AS val_loss, loci_count, selected FROM checkpoints WHERE cohort = '$(DEMO_NAME)' AND loci_count IS NOT NULL AND run_id = (SELECT run_id FROM checkpoints WHERE cohort = '$(DEMO_NAME)' AND selected) ORDER BY epoch"
 	$(BIN)/udip sql "SELECT \"GenomicLocus\" AS locus, chr, start, \"end\", p, \"nLeadSNPs\" AS n_lead, dim, dims FROM genomic_risk_loci g WHERE cohort = '$(DEMO_NAME)' AND model_id = (SELECT model_id FROM checkpoints WHERE cohort = '$(DEMO_NAME)' AND selected ORDER BY created_at DESC LIMIT 1) ORDER BY 1"
 	$(BIN)/udip truth --cohort $(DEMO_NAME) --control
 	@$(BIN)/udip where

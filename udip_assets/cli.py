@@ -139,8 +139,8 @@ def truth(cohort: str, model_id: str | None, control: bool) -> None:
         click.echo(f"  {row.snp:>14} chr{row.chrom}:{row.pos_bp:<10} {row.region:<12} effect {row.effect:+.2f} "
                    f"{'detectable' if row.detectable else 'weak      '} {status}")
     click.echo(f"recall {score.n_found_detectable}/{score.n_detectable} detectable planted loci "
-               f"({score.recall:.0%}); precision {score.n_true_loci}/{score.n_loci} loci with a planted SNP "
-               f"within 250 kb ({score.precision:.0%})")
+               f"({_percent(score.recall)}); precision {score.n_true_loci}/{score.n_loci} loci with a planted SNP "
+               f"within 250 kb ({_percent(score.precision)})")
     if control:
         _truth_control(cohort, spec, model_id, planted)
 
@@ -166,7 +166,11 @@ def _truth_control(cohort: str, spec, model_id: str, planted) -> None:
     score = score_loci(loci, planted)
     click.echo(f"control (true region volumes of the same {len(volumes)} subjects, {volumes.shape[1]} phenotypes, "
                f"same covariates and thresholds): {len(loci)} loci, recall {score.n_found_detectable}/"
-               f"{score.n_detectable} ({score.recall:.0%}), precision {score.n_true_loci}/{score.n_loci}")
+               f"{score.n_detectable} ({_percent(score.recall)}), precision {score.n_true_loci}/{score.n_loci}")
+
+
+def _percent(fraction: float) -> str:
+    return "n/a" if fraction != fraction else f"{fraction:.0%}"  # NaN: nothing to divide by
 
 
 def _register_gwas() -> None:
