@@ -39,3 +39,13 @@ class CovariateError(RuntimeError):
 
 class WarehouseError(RuntimeError):
     """The DuckDB warehouse is missing, locked, or holds an unexpected schema."""
+
+
+def require_field(ok: bool, name: str, expected: str, got: object, fix: str = "", *, owner: str) -> None:
+    """Raise ``UdipConfigError`` unless ``ok``: '<owner>.<name> must be <expected>, got <got>; <fix>'.
+
+    Configuration dataclasses bind ``owner`` once: ``_require = partial(require_field, owner="GwasConfig")``.
+    """
+    if not ok:
+        hint = f"; {fix}" if fix else ""
+        raise UdipConfigError(f"{owner}.{name} must be {expected}, got {got!r}{hint}")

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from udip_assets.errors import GenotypeError, SummaryStatsError, UdipConfigError
+from udip_assets.errors import GenotypeError, SummaryStatsError, require_field
 from udip_assets.genetics.ld import LDCalculator
 
 MINP_COLUMNS = ("snp", "chrom", "pos_bp", "a1", "a2", "p", "dim", "beta", "se", "maf")
@@ -46,10 +47,7 @@ _SPECULATIVE_BATCH = 16  # significant SNPs whose LD windows are computed togeth
 _PROGRESS_MIN_SNPS = 200  # show a progress bar from this many significant SNPs on
 
 
-def _require(ok: bool, name: str, expected: str, got: object, fix: str = "") -> None:
-    if not ok:
-        hint = f"; {fix}" if fix else ""
-        raise UdipConfigError(f"ClumpConfig.{name} must be {expected}, got {got!r}{hint}")
+_require = partial(require_field, owner="ClumpConfig")
 
 
 @dataclass(frozen=True)

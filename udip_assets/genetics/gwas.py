@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import scipy.special as sps
 
-from udip_assets.errors import CovariateError, SummaryStatsError, UdipConfigError
+from udip_assets.errors import CovariateError, SummaryStatsError, require_field
 from udip_assets.genetics.clump import MINP_COLUMNS
 from udip_assets.genetics.genotype_stream import GenotypeChunk, GenotypeSource
 
@@ -57,10 +57,7 @@ _DOWNDATE_BATCH = 256  # SNPs with missing calls corrected together
 _SHOW_IDS = 5
 
 
-def _require(ok: bool, name: str, expected: str, got: object, fix: str = "") -> None:
-    if not ok:
-        hint = f"; {fix}" if fix else ""
-        raise UdipConfigError(f"GwasConfig.{name} must be {expected}, got {got!r}{hint}")
+_require = partial(require_field, owner="GwasConfig")
 
 
 @dataclass(frozen=True)

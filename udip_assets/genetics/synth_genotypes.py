@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import msprime
 import numpy as np
 import pandas as pd
 
-from udip_assets.errors import UdipConfigError
+from udip_assets.errors import require_field
 
 # GRCh37 chromosome lengths (bp), used to keep simulated windows inside real chromosomes.
 GRCH37_LENGTH_BP = {
@@ -36,11 +37,7 @@ _DEFAULT_RELATIVE_FRACTION = 0.02  # pairs of each relationship, as a fraction o
 Progress = Callable[[str], None]
 
 
-def _require(ok: bool, name: str, expected: str, got: object, fix: str = "") -> None:
-    """Raise ``UdipConfigError`` naming the field, what was expected, what came and the fix."""
-    if not ok:
-        hint = f"; {fix}" if fix else ""
-        raise UdipConfigError(f"GenotypeSimConfig.{name} must be {expected}, got {got!r}{hint}")
+_require = partial(require_field, owner="GenotypeSimConfig")
 
 
 @dataclass(frozen=True)
