@@ -9,8 +9,10 @@ seconds, options). Register it with ``main.add_command(gwas_command, "gwas")``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -57,6 +59,31 @@ def read_covariates(path: Path | None, index: pd.Index) -> pd.DataFrame:
     return design_matrix(table, CovariateSpec(numeric=numeric, categorical=categorical, min_level_count=1))
 
 
+def _write_tsv(frame: pd.DataFrame, path: Path) -> None:
+    """Tab-separated, unquoted, with a header, atomically; floats in shortest round-trip form.
+
+    Arrow's writer: ~5x faster than ``DataFrame.to_csv`` on a genome's minP table.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    tmp = path.with_name(path.name + ".tmp")
+    table = pa.Table.from_pandas(frame.astype({c: str for c in frame.columns if frame[c].dtype == object}),
+                                 preserve_index=False)
+    with open(tmp, "wb") as fh:
+        fh.write(("\t".join(map(str, frame.columns)) + "\n").encode())
+        pa_csv.write_csv(table, fh, pa_csv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none"))
+    os.replace(tmp, path)
+
+
+def _import_plots_early() -> threading.Thread:
+    """Import matplotlib (via gwas_plots, ~0.8 s) on a thread while the scan runs; joined before plotting."""
+    thread = threading.Thread(target=importlib.import_module, args=("udip_assets.genetics.gwas_plots",),
+                              name="import-plots", daemon=True)
+    thread.start()
+    return thread
+
+
 def _write_tables(result: GwasResult, out: Path, sig_p: float) -> dict[str, Path]:
     from udip_assets.genetics.gwas_plots import manhattan_figure, qq_figure  # matplotlib: ~0.8 s to import
 
@@ -64,9 +91,7 @@ def _write_tables(result: GwasResult, out: Path, sig_p: float) -> dict[str, Path
              "qq": out / "qq.png"}
     fuma = result.minp.loc[:, list(FUMA_COLUMNS)].rename(columns=FUMA_COLUMNS)
     for key, frame in (("minp", fuma), ("hits", result.hits)):
-        tmp = paths[key].with_name(paths[key].name + ".tmp")
-        frame.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-        os.replace(tmp, paths[key])
+        _write_tsv(frame, paths[key])
     manhattan_figure(result.minp, paths["manhattan"], sig_p=sig_p, n_dims=result.n_dims)
     if len(result.minp):
         qq_figure(result.minp["p"].to_numpy(), paths["qq"], min_of=result.n_dims,
@@ -117,6 +142,7 @@ def gwas_command(bfile, bgen, sample, bgen_a1, pheno, covar, out_dir, threshold,
                  maf, call_rate, dtype, threads, no_sumstats) -> None:
     """Linear regression of every phenotype on every SNP with covariates (exact OLS, as plink2 --glm)."""
     started = time.perf_counter()
+    plots_import = _import_plots_early()
     try:
         cfg = GwasConfig(missing=missing.replace("-", "_"), maf_min=maf, call_rate_min=call_rate,
                          chunk_variants=chunk_size, dtype=dtype, keep_p=threshold, threads=threads)
@@ -132,6 +158,7 @@ def gwas_command(bfile, bgen, sample, bgen_a1, pheno, covar, out_dir, threshold,
                 results.append(scan_associations(source.select_chrom(chrom), phenotypes, covariates, cfg,
                                                  sumstats_path=path, progress=bar.update))
         result = merge_results(results)
+        plots_import.join()
         files = _write_tables(result, out_dir, sig)
         if not no_sumstats:
             files["sumstats"] = out_dir / "sumstats"
