@@ -18,9 +18,8 @@ from scipy import stats
 
 from udip_assets.cohort.gwas_inputs import gwas_sample
 from udip_assets.cohort.spec import load_cohort
-from udip_assets.defs.loci import latest_model_id
 from udip_assets.defs.partitions import chrom_partitions, cohort_chrom_partitions, cohort_partitions
-from udip_assets.defs.resources import UdipHome
+from udip_assets.defs.resources import UdipHome, latest_model_id
 from udip_assets.genetics.design import PAPER_CATEGORICAL, PAPER_NUMERIC, CovariateSpec
 from udip_assets.genetics.genotype_stream import PlinkSource
 from udip_assets.genetics.gwas import GwasConfig, scan_associations

@@ -13,7 +13,7 @@ import pandas as pd
 from udip_assets.cohort.spec import load_cohort
 from udip_assets.cohort.truth_check import load_truth, score_loci
 from udip_assets.defs.partitions import cohort_partitions
-from udip_assets.defs.resources import UdipHome
+from udip_assets.defs.resources import UdipHome, latest_model_id
 from udip_assets.genetics.annotations import (
     read_gene_table,
     read_gwas_catalog,
@@ -45,18 +45,6 @@ class LociConfig(dg.Config):
         return ClumpConfig(sig_p=self.sig_p, min_maf=self.min_maf, exclude_mhc=self.exclude_mhc,
                            r2_ind=self.r2_ind, candidate_p=self.candidate_p, r2_lead=self.r2_lead,
                            merge_distance_bp=self.merge_distance_bp, window_bp=self.window_bp)
-
-
-def latest_model_id(context: dg.AssetExecutionContext, asset: str, cohort: str) -> str:
-    """The ``model_id`` recorded by the latest materialization of ``asset`` for ``cohort``."""
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[cohort]), limit=1).records
-    event = records[0].event_log_entry if records else None
-    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
-    if "model_id" not in meta:
-        raise dg.Failure(f"{asset} has no materialization with a model_id for cohort {cohort!r}; "
-                         f"materialize {asset} for this cohort first")
-    return str(meta["model_id"].value)
 
 
 def _gwas_sample_ids(home: UdipHome, cohort: str, model_id: str) -> list[str] | None:

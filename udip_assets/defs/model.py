@@ -16,7 +16,7 @@ import dagster as dg
 import pandas as pd
 
 from udip_assets.defs.partitions import cohort_partitions
-from udip_assets.defs.resources import UdipHome
+from udip_assets.defs.resources import UdipHome, latest_model_id
 from udip_assets.defs.tracking import MlflowTracking
 from udip_assets.interpret.qc import extreme_outliers, loss_figure, udip_violin_figure
 from udip_assets.model.checkpoint import epoch_checkpoint_name, load_checkpoint, model_id_for
@@ -64,31 +64,25 @@ def training_run_id(cohort: str, model_cfg, train_cfg) -> str:
     return f"{cohort}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
-def _split_scans(home: UdipHome, cohort: str, splits: tuple[str, ...]) -> pd.DataFrame:
+def split_scans(home: UdipHome, cohort: str, splits: tuple[str, ...]) -> pd.DataFrame:
+    """Preprocessed scans of ``cohort`` in ``splits``: subject_id, visit, split, cache_path."""
     marks = ", ".join("?" for _ in splits)
     return home.query(f"SELECT subject_id, visit, split, cache_path FROM preprocessed_scans "
                       f"WHERE cohort = ? AND split IN ({marks}) ORDER BY subject_id", [cohort, *splits])
 
 
 class _Recorder(TrainCallback):
-    """Training callbacks: MLflow metrics and artifacts, plus rows for the warehouse tables."""
+    """Training callback: per-epoch metrics to MLflow and the run log (the tables come from the result)."""
 
-    def __init__(self, tracked, cohort: str, run_id: str, log) -> None:
-        self.tracked, self.cohort, self.run_id, self.log = tracked, cohort, run_id, log
-        self.epochs: list[dict] = []
-        self.checkpoints: dict[int, dict] = {}
+    def __init__(self, tracked, log) -> None:
+        self.tracked, self.log = tracked, log
 
     def on_epoch_end(self, m) -> None:
-        row = {"epoch": m.epoch, "train_loss": m.train_loss, "val_loss": m.val_loss, "lr": m.lr,
-               "seconds": m.seconds, "scans_per_s": m.scans_per_s}
-        self.epochs.append(row)
-        self.tracked.log_metrics({k: v for k, v in row.items() if k != "epoch" and v is not None}, step=m.epoch)
+        metrics = {"train_loss": m.train_loss, "val_loss": m.val_loss, "lr": m.lr, "seconds": m.seconds,
+                   "scans_per_s": m.scans_per_s}
+        self.tracked.log_metrics({k: v for k, v in metrics.items() if v is not None}, step=m.epoch)
         self.log.info(f"epoch {m.epoch}: train {m.train_loss:.4f} val {m.val_loss:.4f} lr {m.lr:.2e} "
                       f"{m.scans_per_s:.1f} scans/s")
-
-    def on_checkpoint(self, path, epoch: int, is_best: bool) -> None:
-        if path.name.startswith("epoch_"):
-            self.checkpoints[epoch] = {"path": str(path), "epoch": epoch}
 
 
 @dg.asset(partitions_def=cohort_partitions, group_name="model", deps=["preprocessed_scans"],
@@ -100,7 +94,7 @@ def vit_ae_model(context: dg.AssetExecutionContext, config: ModelAssetConfig, ho
     model_cfg, train_cfg = config.resolved()
     device = resolve_device(config.device)
     run_id = training_run_id(cohort, model_cfg, train_cfg)
-    scans = _split_scans(home, cohort, ("train", "val"))
+    scans = split_scans(home, cohort, ("train", "val"))
     train, val = scans[scans["split"] == "train"], scans[scans["split"] == "val"]
     if train.empty or val.empty:
         raise dg.Failure(f"cohort {cohort} has {len(train)} train and {len(val)} val scans; both are needed")
@@ -110,7 +104,7 @@ def vit_ae_model(context: dg.AssetExecutionContext, config: ModelAssetConfig, ho
               "n_train": len(train), "n_val": len(val)}
     with mlflow.start_run(run_id, params=params, tags={"cohort": cohort, "preset": config.preset,
                                                         "training_run": run_id}) as tracked:
-        rec = _Recorder(tracked, cohort, run_id, context.log)
+        rec = _Recorder(tracked, context.log)
         result = train_model(model_cfg, train_cfg, train["cache_path"].tolist(), val["cache_path"].tolist(),
                              out_dir, device=device, callbacks=[rec])
         figure = reconstruction_figure(load_checkpoint(result.best_path, device=device).model,
@@ -151,6 +145,27 @@ def _write_training_tables(home, cohort, run_id, result, mlflow_run, model_cfg, 
     home.write(CHECKPOINTS, pd.DataFrame(rows).assign(**part), **part)
 
 
+def encode_scans(home: UdipHome, cohort: str, model_id: str, checkpoint: str, scans: pd.DataFrame, *,
+                 batch_size: int, device: str) -> tuple[pd.DataFrame, bool]:
+    """``udips`` rows of ``scans`` (from :func:`split_scans`) under ``model_id``: (rows, reused).
+
+    Rows already in the warehouse for every scan are reused (the loci sweep and ``udip_embeddings``
+    encode the same scans with the same checkpoint); otherwise the scans are encoded and the
+    (cohort, model_id) partition of ``udips`` is replaced.
+    """
+    if not home.query("SELECT 1 FROM duckdb_tables() WHERE table_name = ?", [UDIPS.name]).empty:
+        done = home.query("SELECT * FROM udips WHERE cohort = ? AND model_id = ?", [cohort, model_id])
+    else:  # a fresh warehouse: the table is created by its first write
+        done = pd.DataFrame(columns=["subject_id"])
+    if set(scans["subject_id"]) <= set(done["subject_id"]):
+        return done[done["subject_id"].isin(scans["subject_id"])], True
+    udips = extract_udips(checkpoint, scans["cache_path"].tolist(), scans["subject_id"].tolist(),
+                          batch_size=batch_size, device=device)
+    rows = udips.merge(scans[["subject_id", "visit", "split"]], on="subject_id", how="left")
+    home.write(UDIPS, rows.assign(cohort=cohort, model_id=model_id), cohort=cohort, model_id=model_id)
+    return rows, False
+
+
 class EmbeddingConfig(dg.Config):
     """Which checkpoint encodes the cohort: a model_id, or the cohort's selected/best one."""
 
@@ -183,20 +198,14 @@ def udip_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, 
     """Encode every inference-split scan: 128 UDIPs and the reconstruction loss per subject."""
     cohort = context.partition_key
     ck = choose_checkpoint(home, config.model_cohort or cohort, config.model_id)
-    scans = _split_scans(home, cohort, tuple(config.splits))
+    scans = split_scans(home, cohort, tuple(config.splits))
     if scans.empty:
         raise dg.Failure(f"cohort {cohort} has no preprocessed scans in splits {config.splits}")
     started = time.perf_counter()
-    done = home.query("SELECT * FROM udips WHERE cohort = ? AND model_id = ?", [cohort, ck["model_id"]])
-    reused = set(scans["subject_id"]) <= set(done["subject_id"])  # e.g. encoded by checkpoint_loci_sweep
+    rows, reused = encode_scans(home, cohort, ck["model_id"], ck["path"], scans, batch_size=config.batch_size,
+                                device=resolve_device(config.device))
     if reused:
-        rows = done[done["subject_id"].isin(scans["subject_id"])]
         context.log.info(f"UDIPs of {ck['model_id']} for all {len(rows)} scans are in the warehouse; reused")
-    else:
-        udips = extract_udips(ck["path"], scans["cache_path"].tolist(), scans["subject_id"].tolist(),
-                              batch_size=config.batch_size, device=resolve_device(config.device))
-        rows = udips.merge(scans[["subject_id", "visit", "split"]], on="subject_id", how="left")
-        home.write(UDIPS, rows.assign(cohort=cohort, model_id=ck["model_id"]), cohort=cohort, model_id=ck["model_id"])
     seconds = time.perf_counter() - started
     return dg.MaterializeResult(metadata={
         "model_id": ck["model_id"], "checkpoint": dg.MetadataValue.path(ck["path"]), "n_subjects": len(rows),
@@ -208,8 +217,6 @@ def udip_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, 
 @dg.asset(partitions_def=cohort_partitions, group_name="model", deps=[udip_embeddings], kinds={"duckdb"})
 def reconstruction_qc(context: dg.AssetExecutionContext, home: UdipHome) -> dg.MaterializeResult:
     """Per-scan reconstruction loss: distribution, 3-IQR extreme outliers (with subjects), UDIP violins."""
-    from udip_assets.defs.loci import latest_model_id
-
     cohort = context.partition_key
     model_id = latest_model_id(context, "udip_embeddings", cohort)
     udips = home.query("SELECT * FROM udips WHERE cohort = ? AND model_id = ? ORDER BY subject_id", [cohort, model_id])

@@ -18,12 +18,11 @@ from udip_assets.cohort.model_selection import SweepPoint, loci_of_sample, patie
 from udip_assets.cohort.spec import load_cohort
 from udip_assets.defs.gwas import GwasAssetConfig
 from udip_assets.defs.loci import LociConfig
-from udip_assets.defs.model import resolve_device, vit_ae_model
+from udip_assets.defs.model import encode_scans, resolve_device, split_scans, vit_ae_model
 from udip_assets.defs.partitions import cohort_partitions
 from udip_assets.defs.resources import UdipHome
 from udip_assets.defs.tracking import MlflowTracking
-from udip_assets.model.extract import extract_udips
-from udip_assets.store.schema import CHECKPOINTS, UDIPS
+from udip_assets.store.schema import CHECKPOINTS
 
 
 class SweepConfig(dg.Config):
@@ -55,15 +54,12 @@ def checkpoint_loci_sweep(context: dg.AssetExecutionContext, config: SweepConfig
                          f"every_epochs={config.every_epochs}; saved epochs: {ck['epoch'].tolist()}")
     spec = load_cohort(home.cohort_dir(sel))
     subjects = home.query("SELECT * FROM subjects WHERE cohort = ?", [sel])
-    scans = home.query("SELECT subject_id, visit, split, cache_path FROM preprocessed_scans WHERE cohort = ? "
-                       "AND split = ? ORDER BY subject_id", [sel, config.selection_split])
+    scans = split_scans(home, sel, (config.selection_split,))
     points = []
     for row in todo.itertuples():
         started = time.perf_counter()
-        udips = extract_udips(row.path, scans["cache_path"].tolist(), scans["subject_id"].tolist(),
-                              batch_size=config.batch_size, device=resolve_device(config.device))
-        rows = udips.merge(scans[["subject_id", "visit", "split"]], on="subject_id", how="left")
-        home.write(UDIPS, rows.assign(cohort=sel, model_id=row.model_id), cohort=sel, model_id=row.model_id)
+        rows, _ = encode_scans(home, sel, row.model_id, row.path, scans, batch_size=config.batch_size,
+                               device=resolve_device(config.device))
         sample = gwas_sample(subjects, rows, config.gwas.covariate_spec(), split=config.selection_split)
         loci, n_sig = loci_of_sample(sample, spec.genotypes, config.gwas.to_domain(), config.loci.to_domain(),
                                      ld_method=config.loci.ld_method)
