@@ -13,6 +13,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from udip_assets.cohort.synthetic import PlantedEffect
@@ -81,6 +82,19 @@ def test_udips_and_gwas_agree(pipeline):
     assert per_chrom["n"].sum() == n_snps
     n_dims = _one(db, f"SELECT count(DISTINCT dim) FROM gwas_sumstats WHERE cohort = 'e2e' AND model_id = '{model_id}'")
     assert n_dims == 32
+
+
+def test_genome_wide_lambda_gc_is_the_median_chi2_of_every_test(pipeline, udip_home):
+    """minp_sumstats sums the chromosomes' |t| histograms; the reference reads every p-value."""
+    from scipy import stats
+
+    db, _, _ = pipeline
+    model_id = _one(db, "SELECT model_id FROM checkpoints WHERE cohort = 'e2e' AND selected")
+    med = read_frame(db, "SELECT dim, median(p) AS p FROM gwas_sumstats "
+                         f"WHERE cohort = 'e2e' AND model_id = '{model_id}' GROUP BY dim ORDER BY dim")
+    expected = stats.chi2.isf(med["p"].to_numpy(), 1) / stats.chi2.ppf(0.5, 1)
+    saved = json.loads((udip_home / "artifacts" / "gwas_reports" / "e2e" / model_id / "lambda_gc.json").read_text())
+    np.testing.assert_allclose(saved["lambda_gc"], expected, rtol=2e-3)
 
 
 def test_loci_files_and_dbt_models(pipeline, udip_home):

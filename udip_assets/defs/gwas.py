@@ -14,20 +14,18 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from udip_assets.cohort.gwas_inputs import gwas_sample
 from udip_assets.cohort.spec import load_cohort
 from udip_assets.defs.partitions import chrom_partitions, cohort_chrom_partitions, cohort_partitions
 from udip_assets.defs.resources import UdipHome, latest_model_id
+from udip_assets.genetics.annotations import write_tsv_atomic
 from udip_assets.genetics.design import PAPER_CATEGORICAL, PAPER_NUMERIC, CovariateSpec
 from udip_assets.genetics.genotype_stream import PlinkSource
-from udip_assets.genetics.gwas import GwasConfig, scan_associations
+from udip_assets.genetics.gwas import GwasConfig, fuma_minp_table, lambda_from_histogram, scan_associations
 from udip_assets.genetics.plink import read_bim
 from udip_assets.store.schema import GWAS_HITS, MINP
 from udip_assets.store.warehouse import connect
-
-CHI2_MEDIAN_1DF = stats.chi2.ppf(0.5, 1)
 
 
 class GwasAssetConfig(dg.Config):
@@ -75,6 +73,10 @@ def gwas_sumstats(context: dg.AssetExecutionContext, config: GwasAssetConfig, ho
                                sumstats_path=out / "sumstats.parquet")
     result.minp.to_parquet(out / "minp.parquet.tmp", index=False)
     (out / "minp.parquet.tmp").replace(out / "minp.parquet")
+    # the |t| histogram per dim: minp_sumstats sums the chromosomes' for a genome-wide lambda GC
+    with open(out / "t_histogram.npz.tmp", "wb") as fh:
+        np.savez_compressed(fh, t_histogram=result.t_histogram, df_ref=result.df_ref)
+    (out / "t_histogram.npz.tmp").replace(out / "t_histogram.npz")
     part = {"cohort": cohort, "model_id": model_id, "chrom": chrom}
     home.write(GWAS_HITS, result.hits.assign(**part), **part)
     _register_sumstats_view(home)
@@ -117,14 +119,14 @@ def minp_sumstats(context: dg.AssetExecutionContext, config: MinpConfig, home: U
     minp["chrom"] = minp["chrom"].astype(str)
     minp["significant"] = minp["p"] <= config.sig_p
     home.write(MINP, minp.assign(cohort=cohort, model_id=model_id), cohort=cohort, model_id=model_id)
-    lambdas = _lambda_gc(home, base)
+    lambdas = _lambda_gc(files)
     out = home.artifacts("gwas_reports", cohort, model_id)
     from udip_assets.genetics.gwas_plots import manhattan_figure, qq_figure
 
-    fuma = out / "minp_fuma.tsv"
-    _fuma_table(minp).to_csv(fuma, sep="\t", index=False)
-    manhattan_figure(minp, out / "manhattan.png", sig_p=config.sig_p)
-    qq_figure(minp["p"].to_numpy(), out / "qq.png")
+    fuma = write_tsv_atomic(fuma_minp_table(minp), out / "minp_fuma.tsv")
+    manhattan_figure(minp, out / "manhattan.png", sig_p=config.sig_p, n_dims=len(lambdas))
+    qq_figure(minp["p"].to_numpy(), out / "qq.png", min_of=len(lambdas),
+              title=f"QQ of minP, Sidak-adjusted for {len(lambdas)} dims")
     (out / "lambda_gc.json").write_text(json.dumps({"lambda_gc": lambdas.tolist()}))
     return dg.MaterializeResult(metadata={
         "model_id": model_id, "n_snps": len(minp), "n_significant": int(minp["significant"].sum()),
@@ -135,25 +137,24 @@ def minp_sumstats(context: dg.AssetExecutionContext, config: MinpConfig, home: U
         "fuma_minp": dg.MetadataValue.path(str(fuma))})
 
 
-def _lambda_gc(home: UdipHome, base: Path) -> np.ndarray:
-    """Genome-wide lambda GC per dim: chi2(1) quantile of each dim's median p over 0.4549.
+def _lambda_gc(minp_files: list[Path]) -> np.ndarray:
+    """Genome-wide lambda GC per dim from the |t| histograms ``gwas_sumstats`` saved beside each minP file.
 
-    Notes
-    -----
-    The chi2 quantile is monotone in p, so the median chi2 is the quantile of the median p; the
-    median is taken by DuckDB over the Parquet files, never loading the statistics into memory.
+    The engine's own rule (:func:`~udip_assets.genetics.gwas.lambda_from_histogram`), as ``udip gwas``
+    reports it; the summary statistics are not read again.
     """
-    pattern = str(base / "chrom=*" / "sumstats.parquet")
-    with connect(home.warehouse_path(), read_only=False) as con:
-        med = con.execute(f"SELECT dim, median(p) AS p FROM read_parquet('{pattern}') GROUP BY dim ORDER BY dim").df()
-    return stats.chi2.isf(med["p"].to_numpy(np.float64), 1) / CHI2_MEDIAN_1DF
-
-
-def _fuma_table(minp: pd.DataFrame) -> pd.DataFrame:
-    """FUMA's upload columns (SNP, CHR, BP, A1, A2, P) plus the dim, beta and SE of the minimum."""
-    return pd.DataFrame({"SNP": minp["snp"], "CHR": minp["chrom"], "BP": minp["pos_bp"], "A1": minp["a1"],
-                         "A2": minp["a2"], "P": minp["p"], "dim": minp["dim"], "BETA": minp["beta"],
-                         "SE": minp["se"]})
+    hist, df_ref = None, None
+    for minp_file in minp_files:
+        path = minp_file.with_name("t_histogram.npz")
+        if not path.exists():
+            raise dg.Failure(f"{path} is missing (written by an older udip); re-materialize gwas_sumstats")
+        with np.load(path) as saved:
+            if df_ref is not None and int(saved["df_ref"]) != df_ref:
+                raise dg.Failure(f"{path} was computed on other subjects or covariates (df {int(saved['df_ref'])} "
+                                 f"vs {df_ref}); re-materialize every chromosome of gwas_sumstats")
+            df_ref = int(saved["df_ref"])
+            hist = saved["t_histogram"] if hist is None else hist + saved["t_histogram"]
+    return lambda_from_histogram(hist, df_ref)
 
 
 def cohort_chromosomes(home: UdipHome, cohort: str) -> list[str]:

@@ -1213,6 +1213,15 @@ def _result(acc: _Accumulator, source: GenotypeSource, residualizer: Residualize
         t_histogram=acc.hist, df_ref=acc.model.df_ref, config=cfg)
 
 
+FUMA_COLUMNS = {"snp": "SNP", "chrom": "CHR", "pos_bp": "BP", "a1": "A1", "a2": "A2", "p": "P", "dim": "dim",
+                "beta": "BETA", "se": "SE"}
+
+
+def fuma_minp_table(minp: pd.DataFrame) -> pd.DataFrame:
+    """A minP table in FUMA's upload columns (SNP, CHR, BP, A1, A2, P), plus the dim, beta and SE of the minimum."""
+    return minp.loc[:, list(FUMA_COLUMNS)].rename(columns=FUMA_COLUMNS)
+
+
 def merge_results(results: Sequence[GwasResult]) -> GwasResult:
     """One result from scans of disjoint SNP sets (e.g. chromosomes) on the same samples and model.
 
