@@ -60,10 +60,6 @@ class PipelineResult:
         return bool(self.runs) and all(r.success for _, _, r in self.runs)
 
     @property
-    def run_ids(self) -> list[str]:
-        return [r.run_id for _, _, r in self.runs]
-
-    @property
     def all_events(self) -> list:
         return [e for _, _, r in self.runs for e in r.all_events]
 
@@ -121,15 +117,16 @@ def materialize_cohort(
             continue
         partitions = ([dg.MultiPartitionKey({"cohort": cohort, "chrom": c}) for c in cohort_chromosomes(home, cohort)]
                       if stage == "gwas" else [cohort])
+        stage_config = _stage_run_config(defs, keys, run_config or {})
         for key in partitions:
-            result = _materialize(defs, keys, key, instance, _stage_run_config(defs, keys, run_config or {}))
+            result = _materialize(keys, key, instance, stage_config)
             out.runs.append((stage, str(key), result))
             if not result.success:
                 return out
     return out
 
 
-def _materialize(defs: dg.Definitions, keys: set[dg.AssetKey], partition_key: str, instance: dg.DagsterInstance,
+def _materialize(keys: set[dg.AssetKey], partition_key: str, instance: dg.DagsterInstance,
                  run_config: dict) -> dg.ExecuteInJobResult:
     from udip_assets.definitions import all_assets, all_checks, resources
 

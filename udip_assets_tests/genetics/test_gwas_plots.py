@@ -16,10 +16,9 @@ def test_qq_points_are_beta_order_statistics_and_lambda_is_the_chi2_median_ratio
     p = np.concatenate([rng.uniform(size=3000), [1e-12, 1e-30, 0.0, np.nan]])
     expected, observed, lower, upper, lam, n = qq_points(p)
     finite = np.sort(p[np.isfinite(p)])
-    assert n == finite.size
-    k = np.arange(1, n + 1)
-    kept = np.isin(-np.log10(np.maximum(finite, 1e-300)), observed)
-    kk = k[kept][: len(expected)]
+    assert n == finite.size and len(expected) == n  # below 20,000 p-values none is thinned
+    kk = np.arange(1, n + 1)
+    np.testing.assert_allclose(observed, -np.log10(np.maximum(finite, 1e-300)), rtol=1e-12)
     np.testing.assert_allclose(expected, -np.log10(stats.beta.median(kk, n - kk + 1)), rtol=1e-10)
     np.testing.assert_allclose(lower, -np.log10(stats.beta.ppf(0.975, kk, n - kk + 1)), rtol=1e-10)
     np.testing.assert_allclose(upper, -np.log10(stats.beta.ppf(0.025, kk, n - kk + 1)), rtol=1e-10)
@@ -48,3 +47,12 @@ def test_bad_inputs_name_the_problem(tmp_path):
         manhattan_figure(pd.DataFrame({"chrom": ["1"], "p": [0.5]}), tmp_path / "m.png")
     with pytest.raises(SummaryStatsError, match="no finite p-values"):
         qq_figure(np.array([np.nan]), tmp_path / "q.png")
+
+
+def test_many_p_values_are_thinned_only_below_the_threshold():
+    rng = np.random.default_rng(2)
+    p = rng.uniform(size=100_000)
+    expected, observed, _, _, _, n = qq_points(p)
+    assert n == 100_000 and len(observed) < 25_000
+    assert (observed >= 2).sum() == (p <= 0.01).sum()  # every point above -log10 p = 2 is drawn
+    assert np.all(np.diff(expected) <= 0) and expected[0] == pytest.approx(-np.log10(stats.beta.median(1, n)))
