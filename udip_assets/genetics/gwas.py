@@ -573,10 +573,11 @@ def _center_implicitly(raw: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndar
     integers below 2^24, then float64), and so is ``gg0 = sum g^2 - n mean^2``. The product with
     the right-hand side is corrected by ``mean x colsum`` in :func:`_sums`.
     """
-    if np.isnan(raw.sum(axis=1)).any():  # any NaN in a row makes its sum NaN
+    total = raw.sum(axis=1)
+    if np.isnan(total).any():  # any NaN in a row makes its sum NaN
         return None
     n = raw.shape[1]
-    total = raw.sum(axis=1).astype(np.float64)
+    total = total.astype(np.float64)
     sq = np.einsum("ij,ij->i", raw, raw).astype(np.float64)
     mean = total / n
     gg0 = sq - total * mean
