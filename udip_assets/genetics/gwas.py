@@ -12,7 +12,8 @@ dims at once (tensorqtl's scheme):
 3. a SNP with missing calls is fitted on its called samples only (PLINK 2's rule) by an exact
    low-rank downdate of those sums (see :func:`_downdate_missing`), never by a refit;
 4. p-value thresholds become |t| thresholds, so only hits (and each SNP's minimum) get p-values
-   in the hot loop; hits are recomputed in float64 when the loop runs in float32.
+   in the hot loop; hits are recomputed in float64 when the loop runs in float32;
+5. the joint F test of all dims per SNP comes from the same sums (:mod:`.multivariate`).
 
 The full summary statistics (every SNP x dim) stream to Parquet when a path is given. Plain
 Python (numpy, scipy, torch for batched Cholesky, pyarrow): no Dagster.
@@ -39,6 +40,7 @@ import pandas as pd
 import scipy.special as sps
 
 from udip_assets.errors import CovariateError, SummaryStatsError, require_field
+from udip_assets.genetics import multivariate as mv
 from udip_assets.genetics.clump import MINP_COLUMNS
 from udip_assets.genetics.genotype_stream import GenotypeChunk, GenotypeSource
 
@@ -82,12 +84,19 @@ class GwasConfig:
     threads : int or None
         Worker threads, each decoding and computing whole chunks with single-threaded BLAS;
         None = every CPU available to the process.
+    multivariate : bool
+        Also run the joint F test of all dims per SNP (``GwasResult.multivariate``).
+    inverse_normal : bool
+        Rank-based inverse-normal transform of each phenotype column before the scan.
 
     Notes
     -----
     With 'float32', the matrix product of the centred genotypes with ``[Y_res | Q]`` runs in
     float32 (relative error ~1e-6 on t, < 1e-4 in -log10 p up to |t| ~ 20), and every SNP with
-    a hit is recomputed in float64 from its dosages, so returned hits are float64-exact.
+    a hit (per dim, or joint p < keep_p) is recomputed in float64 from its dosages, so returned
+    hits and small joint p are float64-exact. ``inverse_normal`` maps each column to
+    ``ndtri((rank - 3/8) / (n + 1/4))`` (Blom, ties averaged) over the analysed samples, once,
+    for both tests; with missing='drop' a SNP's called samples keep those values.
     """
 
     missing: str = "drop"
@@ -97,6 +106,8 @@ class GwasConfig:
     dtype: str = "float32"
     keep_p: float = 1e-5
     threads: int | None = None
+    multivariate: bool = True
+    inverse_normal: bool = False
 
     def __post_init__(self) -> None:
         _require(self.missing in MISSING_MODES, "missing", f"one of {MISSING_MODES}", self.missing)
@@ -108,6 +119,8 @@ class GwasConfig:
         _require(0 < self.keep_p <= 1, "keep_p", "in (0, 1]", self.keep_p)
         _require(self.threads is None or (isinstance(self.threads, int | np.integer) and self.threads >= 1),
                  "threads", "None or an integer >= 1", self.threads)
+        for name in ("multivariate", "inverse_normal"):
+            _require(isinstance(getattr(self, name), bool | np.bool_), name, "True or False", getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -142,6 +155,9 @@ class GwasResult:
     df_ref : int
         Residual degrees of freedom of a SNP called in every sample.
     config : GwasConfig
+    multivariate : pd.DataFrame
+        One row per tested SNP, ``multivariate.MULTIVARIATE_COLUMNS``: the joint F test of all dims
+        (no rows when ``config.multivariate`` is False).
     """
 
     minp: pd.DataFrame
@@ -158,6 +174,7 @@ class GwasResult:
     t_histogram: np.ndarray = field(repr=False)
     df_ref: int = 0
     config: GwasConfig = field(default_factory=GwasConfig)
+    multivariate: pd.DataFrame = field(default_factory=mv.empty_table, repr=False)
 
     def summary(self) -> dict:
         """JSON-ready counts, lambda GC range, covariates and options (no per-SNP rows)."""
@@ -169,7 +186,8 @@ class GwasResult:
                 "lambda_gc_max": float(lam.max()) if lam.size else None,
                 "covariates_used": list(self.covariates_used),
                 "covariates_dropped": dict(self.covariates_dropped),
-                "seconds": round(self.seconds, 3), "options": asdict(self.config)}
+                "seconds": round(self.seconds, 3), "options": asdict(self.config),
+                **mv.joint_counts(self.multivariate, self.config.keep_p)}
 
 
 # --------------------------------------------------------------------------- p-values
@@ -503,6 +521,7 @@ class _NullModel:
 
     ``rhs`` is ``[Y_res | Q]`` (n, P + c) in the compute dtype; ``q_pad`` / ``y_pad`` are float64
     copies of Q and Y_res with an extra zero row, so padded missing-sample indices gather zeros.
+    ``whitening`` is set when the joint test runs.
     """
 
     q: np.ndarray
@@ -513,6 +532,7 @@ class _NullModel:
     q_pad: np.ndarray
     y_pad: np.ndarray
     df_ref: int
+    whitening: mv.Whitening | None = None
 
     @property
     def n_samples(self) -> int:
@@ -523,7 +543,8 @@ class _NullModel:
         return int(self.y_res.shape[1])
 
 
-def _null_model(residualizer: Residualizer, y: np.ndarray, dims: Sequence[str], dtype: str) -> _NullModel:
+def _null_model(residualizer: Residualizer, y: np.ndarray, dims: Sequence[str], dtype: str,
+                joint: bool = False) -> _NullModel:
     """Residualize the phenotypes once; refuse a phenotype with no variance left."""
     y_res = residualizer.transform(y)
     yy = np.einsum("ij,ij->j", y_res, y_res)
@@ -537,7 +558,8 @@ def _null_model(residualizer: Residualizer, y: np.ndarray, dims: Sequence[str], 
     return _NullModel(q=q, y_res=y_res, yy=yy, rhs=rhs64.astype(dtype, copy=False), rhs64=rhs64,
                       q_pad=np.vstack([q, np.zeros((1, q.shape[1]))]),
                       y_pad=np.vstack([y_res, np.zeros((1, y.shape[1]))]),
-                      df_ref=int(residualizer.dof(y.shape[0])))
+                      df_ref=int(residualizer.dof(y.shape[0])),
+                      whitening=mv.whiten(y_res, q.shape[1]) if joint else None)
 
 
 @dataclass(frozen=True)
@@ -668,7 +690,8 @@ class _Sums:
     """Per-SNP sufficient statistics on the called samples, float64.
 
     gy : (v, P) <g_res, y_res>; gg : (v,) <g_res, g_res>; yy : (v, P) or (P,) residual sum of
-    squares of y; df : (v,) residual degrees of freedom; ok : (v,) testable (covariates full rank).
+    squares of y; df : (v,) residual degrees of freedom; ok : (v,) testable (covariates full rank);
+    r2 : (v,) the joint test's R2 (None when it is off).
     """
 
     gy: np.ndarray
@@ -676,6 +699,7 @@ class _Sums:
     yy: np.ndarray
     df: np.ndarray
     ok: np.ndarray
+    r2: np.ndarray | None = None
 
 
 def _sums(block: _Block, model: _NullModel, cfg: GwasConfig, rhs: np.ndarray) -> _Sums:
@@ -692,19 +716,22 @@ def _sums(block: _Block, model: _NullModel, cfg: GwasConfig, rhs: np.ndarray) ->
         df = (block.n_obs - model.q.shape[1] - 1).astype(np.float64)
     else:
         df = np.full(len(gg), float(model.df_ref))
+    r2 = mv.joint_r2(gy, gg, model.whitening) if model.whitening is not None else None
     if block.miss_rows.size == 0:
-        return _Sums(gy=gy, gg=gg, yy=model.yy, df=df, ok=ok)
+        return _Sums(gy=gy, gg=gg, yy=model.yy, df=df, ok=ok, r2=r2)
     yy = np.repeat(model.yy[None, :], len(gg), axis=0)
     for s in range(0, block.miss_rows.size, _DOWNDATE_BATCH):
         rows = block.miss_rows[s:s + _DOWNDATE_BATCH]
-        gg_r, gy_r, yy_r, ok_r = _downdate_missing(block.miss_idx[s:s + _DOWNDATE_BATCH], u[rows], gy[rows],
-                                                   block.gg0[rows], model)
+        gg_r, gy_r, yy_r, ok_r, r2_r = _downdate_missing(block.miss_idx[s:s + _DOWNDATE_BATCH], u[rows],
+                                                         gy[rows], block.gg0[rows], model)
         gg[rows], gy[rows], yy[rows], ok[rows] = gg_r, gy_r, yy_r, ok_r
-    return _Sums(gy=gy, gg=gg, yy=yy, df=df, ok=ok)
+        if r2 is not None:
+            r2[rows] = r2_r
+    return _Sums(gy=gy, gg=gg, yy=yy, df=df, ok=ok, r2=r2)
 
 
 def _downdate_missing(idx: np.ndarray, u: np.ndarray, gy: np.ndarray, gg0: np.ndarray,
-                      model: _NullModel) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                      model: _NullModel) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Sufficient statistics of SNPs refitted on their called samples, from the full-sample sums.
 
     Parameters
@@ -715,6 +742,7 @@ def _downdate_missing(idx: np.ndarray, u: np.ndarray, gy: np.ndarray, gg0: np.nd
     Returns
     -------
     gg, gy, yy, ok : (b,), (b, P), (b, P), (b,) sums over the called samples K.
+    r2 : (b,) the joint test's R2 on K (``multivariate.joint_r2_missing``), None when it is off.
 
     Notes
     -----
@@ -739,7 +767,8 @@ def _downdate_missing(idx: np.ndarray, u: np.ndarray, gy: np.ndarray, gg0: np.nd
     gg = gg0 - (zu * zu).sum(dim=1).numpy()
     gy_k = gy + torch.einsum("bc,bcp->bp", zu, zb).numpy()
     yy = model.yy[None, :] - (y_m * y_m).sum(dim=1).numpy() - (zb * zb).sum(dim=1).numpy()
-    return gg, gy_k, yy, ok
+    r2 = None if model.whitening is None else mv.joint_r2_missing(idx, zb, gy_k, gg, model.whitening)
+    return gg, gy_k, yy, ok, r2
 
 
 @dataclass
@@ -748,7 +777,8 @@ class _Stats:
 
     t : (v, P). beta = gy / gg and se = sqrt(resid / df) / gg, with gy (v, P), gg (v,),
     resid = gg * yy - gy^2 (v, P) and df (v,). ``bins`` (v, P) is each test's |t| histogram
-    bin; ``full`` holds (v, P) beta, se, p and neg_log10_p when full statistics are written.
+    bin; ``full`` holds (v, P) beta, se, p and neg_log10_p when full statistics are written;
+    ``r2`` (v,) is the joint test's R2 (None when it is off).
     """
 
     t: np.ndarray
@@ -758,6 +788,7 @@ class _Stats:
     df: np.ndarray
     bins: np.ndarray | None = None
     full: dict | None = None
+    r2: np.ndarray | None = None
 
     def beta_se(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """beta and se of the (rows[i], cols[i]) pairs."""
@@ -778,6 +809,8 @@ class _Stats:
         """Overwrite ``rows`` with ``exact`` (same SNPs recomputed), derived arrays included."""
         for name in ("t", "gy", "gg", "resid"):
             getattr(self, name)[rows] = getattr(exact, name)
+        if self.r2 is not None and exact.r2 is not None:
+            self.r2[rows] = exact.r2
         if self.bins is not None and exact.bins is not None:
             self.bins[rows] = exact.bins
         if self.full is not None:
@@ -791,7 +824,7 @@ def _statistics(s: _Sums) -> _Stats:
     resid = np.maximum(s.gg[:, None] * yy - s.gy * s.gy, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         t = s.gy * np.sqrt(s.df)[:, None] / np.sqrt(resid)
-    return _Stats(t=t, gy=s.gy, gg=s.gg, resid=resid, df=s.df)
+    return _Stats(t=t, gy=s.gy, gg=s.gg, resid=resid, df=s.df, r2=s.r2)
 
 
 def _refine(block: _Block, rows: np.ndarray, model: _NullModel, cfg: GwasConfig) -> _Stats:
@@ -810,7 +843,8 @@ def _refine(block: _Block, rows: np.ndarray, model: _NullModel, cfg: GwasConfig)
 def _drop_rows(block: _Block, sums: _Sums, keep: np.ndarray) -> tuple[_Block, _Sums]:
     """Block and sums restricted to rows ``keep`` (SNPs that could be tested)."""
     yy = sums.yy[keep] if sums.yy.ndim == 2 else sums.yy
-    sums = _Sums(gy=sums.gy[keep], gg=sums.gg[keep], yy=yy, df=sums.df[keep], ok=sums.ok[keep])
+    sums = _Sums(gy=sums.gy[keep], gg=sums.gg[keep], yy=yy, df=sums.df[keep], ok=sums.ok[keep],
+                 r2=sums.r2[keep] if sums.r2 is not None else None)
     offset = block.offset[keep] if block.offset is not None else None
     block = _Block(variants=block.variants.iloc[keep].reset_index(drop=True), g=block.g[keep], offset=offset,
                    gg0=block.gg0[keep], n_obs=block.n_obs[keep], maf=block.maf[keep],
@@ -867,6 +901,7 @@ class _Accumulator:
         self.model, self.cfg, self.binner = model, cfg, binner
         self.minp: list[pd.DataFrame] = []
         self.hits: list[pd.DataFrame] = []
+        self.multivariate: list[pd.DataFrame] = []
         self.hist = np.zeros((model.n_dims, _T_HIST_BINS + 1), dtype=np.int64)
         self.skipped = {"call_rate": 0, "maf": 0, "monomorphic": 0, "no_df": 0, "singular": 0}
         self.n_tested = 0
@@ -884,12 +919,17 @@ class _Accumulator:
         t_keep = _per_df(st.df, self._t_keep, partial(p_to_abs_t, self.cfg.keep_p))
         margin = 1.0 - (_FLOAT32_SCREEN_MARGIN if self.cfg.dtype == "float32" else 0.0)
         hit_rows = np.flatnonzero((np.abs(st.t) >= (t_keep * margin)[:, None]).any(axis=1))
+        whitening = self.model.whitening
+        if whitening is not None and self.cfg.dtype == "float32":  # small joint p: refitted in float64 too
+            hit_rows = np.union1d(hit_rows, mv.rows_to_refit(st.r2, st.df, whitening, self.cfg.keep_p))
         if hit_rows.size and self.cfg.dtype == "float32":
             exact = _refine(block, hit_rows, self.model, self.cfg)
             exact.bins = self.binner.bins(exact.t, exact.df)
             st.replace_rows(hit_rows, exact)
         self._add_minp(block, st)
         self._add_hits(block, st, hit_rows)
+        if whitening is not None:
+            self.multivariate.append(mv.joint_table(_variant_columns(block.variants), st.r2, st.df, whitening))
         self._add_bins(st.bins)
         self.n_tested += st.t.shape[0]
 
@@ -1173,14 +1213,16 @@ def scan_associations(genotypes: GenotypeSource, phenotypes: pd.DataFrame, covar
     two-sided p from Student's t in float64. For one SNP all dims share df, so the minimum p
     over dims is the p of the largest |t|. Chunks are decoded and computed by ``threads``
     workers (single-threaded BLAS each) and folded in SNP order; memory is bounded by
-    (threads + 2) chunks plus one minP row per SNP, whatever the number of SNPs.
+    (threads + 2) chunks plus one minP row per SNP, whatever the number of SNPs. The joint F
+    test of all dims per SNP (``config.multivariate``) is described in :mod:`.multivariate`.
     """
     cfg = config or GwasConfig()
     started = time.perf_counter()
     source, y, cov = _align_samples(genotypes, phenotypes, covariates)
+    y = mv.inverse_normal_transform(y) if cfg.inverse_normal else y
     residualizer = Residualizer(cov)
     dims = tuple(map(str, phenotypes.columns))
-    model = _null_model(residualizer, y, dims, cfg.dtype)
+    model = _null_model(residualizer, y, dims, cfg.dtype, joint=cfg.multivariate)
     binner = _Binner(model.df_ref)
     acc = _Accumulator(model, cfg, binner)
     n_workers = _n_workers(cfg.threads)
@@ -1206,12 +1248,13 @@ def _result(acc: _Accumulator, source: GenotypeSource, residualizer: Residualize
     hits = pd.concat(acc.hits, ignore_index=True) if acc.hits else pd.DataFrame(
         {c: pd.Series(dtype=float if c in ("beta", "se", "t", "p") else object) for c in HITS_COLUMNS})
     acc.flush()
+    joint = pd.concat(acc.multivariate, ignore_index=True) if acc.multivariate else mv.empty_table()
     return GwasResult(
         minp=minp.loc[:, list(MINP_COLUMNS)], hits=hits.loc[:, list(HITS_COLUMNS)],
         lambda_gc=lambda_from_histogram(acc.hist, acc.model.df_ref), n_samples=source.n_samples,
         n_variants=acc.n_tested, n_dims=len(dims), n_skipped=dict(acc.skipped), dims=dims,
         covariates_used=residualizer.kept, covariates_dropped=dict(residualizer.dropped), seconds=seconds,
-        t_histogram=acc.hist, df_ref=acc.model.df_ref, config=cfg)
+        t_histogram=acc.hist, df_ref=acc.model.df_ref, config=cfg, multivariate=joint)
 
 
 FUMA_COLUMNS = {"snp": "SNP", "chrom": "CHR", "pos_bp": "BP", "a1": "A1", "a2": "A2", "p": "P", "dim": "dim",
@@ -1226,8 +1269,8 @@ def fuma_minp_table(minp: pd.DataFrame) -> pd.DataFrame:
 def merge_results(results: Sequence[GwasResult]) -> GwasResult:
     """One result from scans of disjoint SNP sets (e.g. chromosomes) on the same samples and model.
 
-    minP and hits are concatenated, counts and |t| histograms summed, lambda GC recomputed
-    genome-wide, seconds summed.
+    minP, hits and the joint tests are concatenated, counts and |t| histograms summed, lambda GC
+    recomputed genome-wide, seconds summed.
     """
     if not results:
         raise SummaryStatsError("merge_results got no results; scan at least one chromosome")
@@ -1244,4 +1287,6 @@ def merge_results(results: Sequence[GwasResult]) -> GwasResult:
         n_variants=sum(r.n_variants for r in results), n_dims=first.n_dims, n_skipped=skipped,
         dims=first.dims,
         covariates_used=first.covariates_used, covariates_dropped=first.covariates_dropped,
-        seconds=sum(r.seconds for r in results), t_histogram=hist, df_ref=first.df_ref, config=first.config)
+        seconds=sum(r.seconds for r in results), t_histogram=hist, df_ref=first.df_ref, config=first.config,
+        multivariate=pd.concat([r.multivariate for r in results if len(r.multivariate)] or [first.multivariate],
+                               ignore_index=True))

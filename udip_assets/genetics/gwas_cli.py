@@ -2,9 +2,10 @@
 
 Writes, under ``--out``: ``sumstats/chr{CHR}.parquet`` (every SNP x phenotype: beta, se, t, p,
 -log10 p; one file per chromosome), ``minp.tsv`` (one row per SNP in FUMA's upload format: SNP,
-CHR, BP, A1, A2, P, plus dim, BETA, SE), ``hits.tsv`` (SNP x phenotype with p below
-``--threshold``), ``manhattan.png``, ``qq.png`` and ``summary.json`` (counts, lambda GC range,
-seconds, options). Register it with ``main.add_command(gwas_command, "gwas")``.
+CHR, BP, A1, A2, P, plus dim, BETA, SE), ``multivariate.tsv`` (one row per SNP: the joint F test of
+all phenotypes, ``multivariate.MULTIVARIATE_COLUMNS``; not with ``--no-multivariate``), ``hits.tsv``
+(SNP x phenotype with p below ``--threshold``), ``manhattan.png``, ``qq.png`` and ``summary.json``
+(counts, lambda GC range, seconds, options). Register it with ``main.add_command(gwas_command, "gwas")``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from udip_assets.genetics.gwas import (
 )
 
 _PAPER_SIG_P = 5e-8  # genome-wide significance, divided by the number of phenotypes
+_DEFAULTS = GwasConfig()
 
 
 def _genotype_source(bfile: Path | None, bgen: Path | None, sample: Path | None,
@@ -77,7 +79,11 @@ def _write_tables(result: GwasResult, out: Path, sig_p: float) -> dict[str, Path
 
     paths = {"minp": out / "minp.tsv", "hits": out / "hits.tsv", "manhattan": out / "manhattan.png",
              "qq": out / "qq.png"}
-    for key, frame in (("minp", fuma_minp_table(result.minp)), ("hits", result.hits)):
+    tables = [("minp", fuma_minp_table(result.minp)), ("hits", result.hits)]
+    if result.config.multivariate:
+        paths["multivariate"] = out / "multivariate.tsv"
+        tables.append(("multivariate", result.multivariate))
+    for key, frame in tables:
         write_tsv_atomic(frame, paths[key])
     manhattan_figure(result.minp, paths["manhattan"], sig_p=sig_p, n_dims=result.n_dims)
     if len(result.minp):
@@ -112,27 +118,38 @@ def _summary(result: GwasResult, cfg: GwasConfig, inputs: dict, files: dict, sig
               help="PLINK 2 covariate file; text columns are one-hot encoded.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (created).")
-@click.option("--threshold", default=1e-5, show_default=True, type=float,
+@click.option("--threshold", default=_DEFAULTS.keep_p, show_default=True, type=float,
               help="SNP x phenotype results with p below this go to hits.tsv.")
 @click.option("--sig-p", type=float, default=None,
               help="Manhattan line and significant-SNP count; default 5e-8 / number of phenotypes.")
-@click.option("--chunk-size", default=2048, show_default=True, type=int, help="SNPs per chunk.")
-@click.option("--missing", type=click.Choice(["drop", "mean-impute"]), default="drop", show_default=True,
+@click.option("--chunk-size", default=_DEFAULTS.chunk_variants, show_default=True, type=int,
+              help="SNPs per chunk.")
+@click.option("--missing", type=click.Choice(["drop", "mean-impute"]), default=_DEFAULTS.missing.replace("_", "-"),
+              show_default=True,
               help="Missing calls: drop the sample for that SNP (PLINK 2) or impute the SNP's mean.")
-@click.option("--maf", default=0.01, show_default=True, type=float, help="Minimum minor allele frequency.")
-@click.option("--call-rate", default=0.95, show_default=True, type=float, help="Minimum SNP call rate.")
-@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
+@click.option("--maf", default=_DEFAULTS.maf_min, show_default=True, type=float,
+              help="Minimum minor allele frequency.")
+@click.option("--call-rate", default=_DEFAULTS.call_rate_min, show_default=True, type=float,
+              help="Minimum SNP call rate.")
+@click.option("--dtype", type=click.Choice(DTYPES), default=_DEFAULTS.dtype, show_default=True,
               help="Precision of the genotype matrix products (hits are always float64).")
-@click.option("--threads", type=int, default=None, help="Worker threads (default: all available CPUs).")
+@click.option("--threads", type=int, default=_DEFAULTS.threads,
+              help="Worker threads (default: all available CPUs).")
 @click.option("--no-sumstats", is_flag=True, help="Skip the full per-SNP x phenotype Parquet files.")
+@click.option("--no-multivariate", is_flag=True, default=not _DEFAULTS.multivariate,
+              help="Skip the joint F test of all phenotypes per SNP (multivariate.tsv).")
+@click.option("--inverse-normal", is_flag=True, default=_DEFAULTS.inverse_normal,
+              help="Rank-based inverse-normal transform of each phenotype (Blom) before the scan.")
 def gwas_command(bfile, bgen, sample, bgen_a1, pheno, covar, out_dir, threshold, sig_p, chunk_size, missing,
-                 maf, call_rate, dtype, threads, no_sumstats) -> None:
-    """Linear regression of every phenotype on every SNP with covariates (exact OLS, as plink2 --glm)."""
+                 maf, call_rate, dtype, threads, no_sumstats, no_multivariate, inverse_normal) -> None:
+    """Linear regression of every phenotype on every SNP with covariates (exact OLS, as plink2 --glm),
+    and the joint F test of all phenotypes per SNP."""
     started = time.perf_counter()
     plots_import = _import_plots_early()
     try:
         cfg = GwasConfig(missing=missing.replace("-", "_"), maf_min=maf, call_rate_min=call_rate,
-                         chunk_variants=chunk_size, dtype=dtype, keep_p=threshold, threads=threads)
+                         chunk_variants=chunk_size, dtype=dtype, keep_p=threshold, threads=threads,
+                         multivariate=not no_multivariate, inverse_normal=inverse_normal)
         source = _genotype_source(bfile, bgen, sample, bgen_a1)
         phenotypes = read_plink2_table(pheno)
         covariates = read_covariates(covar, phenotypes.index)
