@@ -23,6 +23,7 @@ class UkbbField:
     field: int
     per_visit: bool
     array: int = 0
+    optional: bool = False  # absent or empty does not drop the subject
 
     def source_column(self, visit: int) -> str:
         instance = visit if self.per_visit else 0
@@ -36,6 +37,10 @@ COVARIATE_FIELDS: tuple[UkbbField, ...] = (
     UkbbField("ethnicity", 21000, per_visit=False),
     UkbbField("inv_cnr", 25735, per_visit=True),
     UkbbField("centre", 54, per_visit=True),
+    # Volumetric scaling from the T1 head image to standard space: head size, which the linear
+    # registration to MNI removes from the image. Not a default GWAS covariate (the paper's list
+    # lacks it); there for users who want it (CovariateSpec).
+    UkbbField("head_size_scaling", 25000, per_visit=True, optional=True),
 )
 COVARIATE_COLUMNS = tuple(f.column for f in COVARIATE_FIELDS)
 INTEGER_COVARIATES = ("sex", "ethnicity", "centre")
@@ -108,8 +113,9 @@ def covariates_at_visit(table: pd.DataFrame, eids: pd.Series, visits: pd.Series)
                 values = pd.to_numeric(indexed.loc[eids[rows], src], errors="coerce").to_numpy()
                 values = pd.Series(values, index=eids.index[rows])
             out.loc[rows, f.column] = values
-            gap = rows & out[f.column].isna() & missing.isna()
-            missing[gap] = src
+            if not f.optional:
+                gap = rows & out[f.column].isna() & missing.isna()
+                missing[gap] = src
     out["missing"] = missing
     out["in_table"] = in_table
     return out

@@ -22,8 +22,11 @@ from tqdm.auto import tqdm
 from udip_assets.cohort.spec import COHORT_FILE, UKBB_T1_RELPATH, CohortSpec, load_cohort, write_cohort_yaml
 from udip_assets.cohort.synthetic import (
     CENTRES,
+    RESIDUAL_BIAS,
+    WARP_AMPLITUDE_MM,
     SynthConfig,
     choose_causal_snps,
+    image_variance_explained,
     plant_effects,
     write_truth,
 )
@@ -86,14 +89,17 @@ def generate_cohort(cfg: SynthConfig, out_dir: Path, force: bool = False, progre
     _write_covariates(out_dir / "covariates.csv", people, pcs, faults)
     write_ukb_rel(out_dir / "ukb_rel.dat", related_pairs_table(eids, geno.dosage, min_kinship=0.0442))
     _write_genes(out_dir / "genes.tsv", geno.variants, causal, rng)
-    write_truth(out_dir / "truth.json", causal, cfg)
     jobs = _scan_jobs(out_dir, cfg, people, volume, shape)
     _write_subject_truth(out_dir / "truth_subjects.csv", people, jobs)
     damaged = {e for key in ("truncated_gz", "wrong_grid", "nan_values", "all_zero") for e in faults.get(key, [])}
     for job in jobs:  # damaged scans are always rendered afresh, then damaged once
         if job.visit == 2 and Path(job.path).parent.parent.name.split("_")[0] in damaged:
             Path(job.path).unlink(missing_ok=True)
-    _render_all(jobs, progress=progress)
+    measured = _render_all(jobs, progress=progress)
+    _write_measured(out_dir / "truth_image_volumes.tsv", jobs, measured)
+    last = _last_visit_phenotypes(jobs, measured, people)
+    causal["variance_explained_image"] = image_variance_explained(geno.dosage, causal, last, last)
+    write_truth(out_dir / "truth.json", causal, cfg)
     if faults:
         _apply_image_faults(out_dir, cfg, jobs, faults)
         (out_dir / "faults.json").write_text(json.dumps(faults, indent=2))
@@ -151,7 +157,7 @@ def _make_people(eids: list[str], population: np.ndarray, cfg: SynthConfig, rng:
             "inv_cnr3": np.round(rng.lognormal(np.log(0.3), 0.15, n), 4),
             "log_head": 0.035 * rng.standard_normal(n) + 0.03 * sex + 0.01 * population,
         }
-    )
+    ).assign(head_measure_noise=lambda t: 0.01 * rng.standard_normal(n))
 
 
 def _write_genotypes(out_dir: Path, eids: list[str], geno, people: pd.DataFrame, faults: dict) -> None:
@@ -173,6 +179,10 @@ def _write_covariates(path: Path, people: pd.DataFrame, pcs: np.ndarray, faults:
         table[f"21003-{visit}.0"] = people[f"age{visit}"].where(has)
         table[f"25735-{visit}.0"] = people[f"inv_cnr{visit}"].where(has)
         table[f"54-{visit}.0"] = people["centre2"].where(has).astype("Int64")
+        # field 25000: volumetric scaling of the head to standard space (1 / head volume ratio), as
+        # UK Biobank measures it from the registration, with a small measurement error
+        scaling = np.exp(-3.0 * people["log_head"] + people["head_measure_noise"])
+        table[f"25000-{visit}.0"] = np.round(scaling, 4).where(has)
     for i in range(10):
         table[f"22009-0.{i + 1}"] = np.round(pcs[:, i], 6)
     for eid in faults.get("duplicated_eid", []):
@@ -219,6 +229,9 @@ def _scan_jobs(out_dir: Path, cfg: SynthConfig, people: pd.DataFrame, volume: pd
                 "sex": int(p["sex"]),
                 "noise_sd": float(0.04 * p[f"inv_cnr{visit}"] / 0.3),
                 "intensity_scale": centre_gain,
+                "warp_amplitude_mm": WARP_AMPLITUDE_MM,
+                "bias_amplitude": RESIDUAL_BIAS,
+                "linear_registration": True,
             }
             jobs.append(ScanJob(str(scan_path(out_dir, p["eid"], visit)), int(p["subject_seed"]), visit,
                                 cfg.resolution_mm, morph))
@@ -236,35 +249,106 @@ def _write_subject_truth(path: Path, people: pd.DataFrame, jobs: list[ScanJob]) 
     pd.DataFrame(rows).to_csv(path, index=False)
 
 
-def _render_all(jobs: list[ScanJob], progress: bool) -> None:
-    todo = [j for j in jobs if not Path(j.path).exists()]
+def _render_all(jobs: list[ScanJob], progress: bool) -> list[dict[str, float]]:
+    """Render the scans not on disk yet; return every job's region measures (see :func:`render_job`).
+
+    Scans already written by an interrupted run are not rendered again; their measures are taken
+    from the same warp (:func:`measure_job`), which is cheaper than rendering.
+    """
+    todo = {j.path for j in jobs if not Path(j.path).exists()}
     workers = max(1, min(2, os.cpu_count() or 1))
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="render T1 scans", unit="scan",
-               disable=not progress)
-    if workers == 1 or len(todo) < 8:
-        for job in todo:
-            render_job(job)
+    bar = tqdm(total=len(jobs), desc="render T1 scans", unit="scan", disable=not progress)
+    work = [(job, job.path in todo) for job in jobs]
+    if workers == 1 or len(jobs) < 8:
+        measured = []
+        for item in work:
+            measured.append(_render_or_measure(item))
             bar.update()
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(render_job, todo, chunksize=4):
+            measured = []
+            for result in pool.map(_render_or_measure, work, chunksize=4):
+                measured.append(result)
                 bar.update()
     bar.close()
+    return measured
 
 
-def render_job(job: ScanJob) -> str:
-    """Render one scan and write it atomically (runs in a worker process)."""
+def _render_or_measure(item: tuple[ScanJob, bool]) -> dict[str, float]:
+    job, render = item
+    return render_job(job) if render else measure_job(job)
+
+
+def _subject_warp(job: ScanJob):
+    """The anatomy, morphology and warp of a scan job (the warp is a pure function of the seed)."""
     from udip_assets.imaging.anatomy import load_anatomy
-    from udip_assets.imaging.synth_brain import Morphology, render_t1, sample_warp
+    from udip_assets.imaging.synth_brain import Morphology, sample_warp
 
-    grid = grid_for_resolution(job.resolution_mm)
-    anatomy = load_anatomy(grid)
+    anatomy = load_anatomy(grid_for_resolution(job.resolution_mm))
     morph = Morphology(**job.morphology)
-    # The warp is the subject's anatomy (same at both visits); the noise differs by visit.
-    warp = sample_warp(anatomy, morph, np.random.default_rng([job.subject_seed, 0]))
+    # The random warp is the subject's anatomy (same draws at both visits); the noise differs by visit.
+    return anatomy, morph, sample_warp(anatomy, morph, np.random.default_rng([job.subject_seed, 0]))
+
+
+def _measures(anatomy, warp) -> dict[str, float]:
+    from udip_assets.imaging.synth_brain import measure_regions
+
+    out = {}
+    for region, (volume, stretch) in measure_regions(anatomy, warp).items():
+        out[f"{region}_mm3"], out[f"{region}_stretch"] = volume, stretch
+    return out
+
+
+def measure_job(job: ScanJob) -> dict[str, float]:
+    """Region volumes (mm^3) and stretches as they are in the job's image, without rendering it."""
+    anatomy, _, warp = _subject_warp(job)
+    return _measures(anatomy, warp)
+
+
+def render_job(job: ScanJob) -> dict[str, float]:
+    """Render one scan, write it atomically, return its measures (runs in a worker process)."""
+    from udip_assets.imaging.synth_brain import render_t1
+
+    anatomy, morph, warp = _subject_warp(job)
     volume = render_t1(anatomy, warp, morph, np.random.default_rng([job.subject_seed, job.visit]))
-    write_nifti_gz(Path(job.path), volume, grid)
-    return job.path
+    write_nifti_gz(Path(job.path), volume, anatomy.grid)
+    return _measures(anatomy, warp)
+
+
+def _job_eid(job: ScanJob) -> str:
+    return Path(job.path).parents[1].name.split("_")[0]
+
+
+def _write_measured(path: Path, jobs: list[ScanJob], measured: list[dict[str, float]]) -> None:
+    """Hidden truth: each scan's region volumes (mm^3) and stretches measured in its image."""
+    table = pd.DataFrame(measured)
+    table.insert(0, "visit", [j.visit for j in jobs])
+    table.insert(0, "eid", [_job_eid(j) for j in jobs])
+    write_tsv_atomic(table, path)
+
+
+def _last_visit_phenotypes(jobs: list[ScanJob], measured: list[dict[str, float]],
+                           people: pd.DataFrame) -> pd.DataFrame:
+    """Per subject (rows as ``people``): ``vol_<r>`` log mm^3, ``stretch_<r>`` of the last visit, age, sex."""
+    last: dict[str, tuple[int, dict[str, float], float]] = {}
+    for job, m in zip(jobs, measured, strict=True):
+        eid = _job_eid(job)
+        if eid not in last or job.visit > last[eid][0]:
+            last[eid] = (job.visit, m, job.morphology["age_years"])
+    rows = []
+    for eid in people["eid"]:
+        _, m, age = last[eid]
+        row = {"age": age}
+        for key, value in m.items():
+            region, measure = key.rsplit("_", 1)
+            if measure == "mm3":
+                row[f"vol_{region}"] = float(np.log(value)) if value > 0 else np.nan
+            else:
+                row[f"stretch_{region}"] = value
+        rows.append(row)
+    out = pd.DataFrame(rows, index=people.index)
+    out["sex"] = people["sex"].to_numpy()
+    return out
 
 
 def write_nifti_gz(path: Path, volume: np.ndarray, grid: Grid | None = None, affine: np.ndarray | None = None,

@@ -16,10 +16,24 @@ sd = region_sd for volume and region_sd * SHAPE_SD_FACTOR for shape (log stretch
 target variance explained q_k of v_r: beta_k = sd sqrt(q_k / (1 - q_k)) / sqrt(2 p_k (1 - p_k)).
 Age atrophy, sex and ancestry act through head size and the renderer's age model, on top.
 
-Detectability. A SNP is marked ``detectable`` when a GWAS of the region volume itself on the
-expected number of GWAS subjects has at least 80% power at 5e-8/128: non-centrality n q / (1 - q),
-chi-square with 1 df. The learned UDIPs see the volume only through the image, so this is an upper
-bound on what the pipeline can find; SNPs planted below it show what cannot be found.
+The images. The scans are what the paper used (its Methods: "brain extraction and bias field
+correction. Linear registrations were performed to align the imaging data into MNI152 space"):
+each subject has a native head size (``head_scale``, reported as UK Biobank field 25000, the
+volumetric scaling from the T1 head image to standard space, ``25000-2.0`` = head_scale^-3) and a
+smooth random warp, but the image is rendered as linearly registered: head size and the affine
+part of the warp are normalised away (:class:`udip_assets.imaging.synth_brain.Morphology`,
+``linear_registration``), leaving the non-affine part (~1 mm RMS, see ``WARP_AMPLITUDE_MM``), a
+residual bias field of ``RESIDUAL_BIAS`` RMS after bias correction, noise that follows the
+scan's inverted CNR, and the genotype-driven regional morphology.
+
+Detectability. A planted SNP's phenotype is measured in the rendered image: the region's
+partial-volume log volume (or its measured log stretch) through the subject's own warp
+(``truth_image_volumes.tsv``), adjusted for age and sex; ``variance_explained_image`` is the
+SNP's share of it. A SNP is ``detectable`` when a 1-df test of that phenotype has at least 80%
+power at 5e-8/128 on the GWAS sample (non-centrality n q / (1 - q)). ``truth.json`` records it for
+the expected n of the default split; ``udip truth`` re-evaluates it on the GWAS sample and
+number of dims actually used (:func:`detectable_at`). The UDIPs see the region only through the
+image, so this is an upper bound on what the pipeline can find.
 """
 
 from __future__ import annotations
@@ -36,6 +50,16 @@ from udip_assets.cohort.splits import SplitConfig
 from udip_assets.errors import UdipConfigError
 
 GWAS_ALPHA = 5e-8 / 128
+# Fidelity of the rendered scans to UK Biobank's T1_brain_to_MNI as the paper used it (see the
+# module Notes and the README, "The synthetic cohort"). Chosen from the documented processing,
+# never from the demo's recall.
+# Random warp drawn at 2 mm RMS; removing its affine part (linear registration) leaves ~1.05 mm RMS
+# of smooth non-affine displacement, the order of the residual misalignment of subcortical
+# landmarks after a linear/Talairach-type normalisation (< 1 mm for most of them, Grachev et al.
+# 1999, NeuroImage 9:250); cortex varies more, at scales this low-order field does not carry.
+WARP_AMPLITUDE_MM = 2.0
+# RMS of the log bias field left after FAST bias-field correction: a few per cent.
+RESIDUAL_BIAS = 0.02
 MAX_LOG_VOLUME = 0.35
 MAX_STRETCH = 0.09
 # Shape (stretch) varies less than volume between people; its noise sd is this fraction of region_sd.
@@ -111,9 +135,16 @@ class SynthConfig:
         return cls(**raw)
 
 
-def expected_gwas_n(cfg: SynthConfig) -> int:
-    """Expected GWAS sample: the inference split of the paper's proportions, less ~5% dropped."""
-    return int(round(cfg.n_subjects * SplitConfig().inference_fraction * 0.95))
+def expected_gwas_n(cfg: SynthConfig, split: SplitConfig | None = None) -> int:
+    """Expected GWAS sample: the inference share of ``split`` (default: the paper's), less ~5% dropped.
+
+    With absolute ``train_count`` / ``val_count`` the inference split is what they leave.
+    """
+    split = split or SplitConfig()
+    if split.train_count is not None:
+        n_inference = cfg.n_subjects * 0.95 - split.train_count - (split.val_count or 0)
+        return max(int(round(n_inference)), 0)
+    return int(round(cfg.n_subjects * split.inference_fraction * 0.95))
 
 
 def gwas_power(n: int, variance_explained: float, alpha: float = GWAS_ALPHA) -> float:
@@ -121,6 +152,54 @@ def gwas_power(n: int, variance_explained: float, alpha: float = GWAS_ALPHA) -> 
     ncp = n * variance_explained / (1.0 - variance_explained)
     crit = stats.chi2.isf(alpha, df=1)
     return float(stats.ncx2.sf(crit, df=1, nc=ncp))
+
+
+def detectable_at(truth: pd.DataFrame, n_gwas: int, n_dims: int = 128) -> pd.DataFrame:
+    """``truth`` with ``power`` and ``detectable`` for a GWAS of ``n_gwas`` subjects at 5e-8 / n_dims.
+
+    Uses ``variance_explained_image`` (the SNP's share of its phenotype as measured in the
+    image) when the truth file has it, else the planted ``variance_explained``.
+    """
+    q = truth["variance_explained_image"] if "variance_explained_image" in truth else truth["variance_explained"]
+    alpha = 5e-8 / n_dims
+    power = [gwas_power(n_gwas, float(v), alpha) if np.isfinite(v) else 0.0 for v in q]
+    return truth.assign(power=power, detectable=np.asarray(power) >= 0.8)
+
+
+def image_variance_explained(dosage: np.ndarray, causal: pd.DataFrame, measured: pd.DataFrame,
+                             people: pd.DataFrame) -> np.ndarray:
+    """Each causal SNP's share of its phenotype as measured in the images, net of age and sex.
+
+    Parameters
+    ----------
+    dosage : (n_subjects, n_snps) int8
+    causal : DataFrame
+        One row per planted effect (``variant_index``, ``region``, ``kind``).
+    measured : DataFrame (n_subjects, ...)
+        Rows aligned with ``dosage``: ``vol_<region>`` (log mm^3) and ``stretch_<region>`` of each
+        subject's last visit, as measured in its image.
+    people : DataFrame
+        ``age`` (of that visit) and ``sex``, aligned.
+
+    Returns
+    -------
+    ndarray (n_effects,)
+        Squared partial correlation of dosage and phenotype given [1, age, sex].
+
+    Notes
+    -----
+    The GWAS adjusts for age and sex (and more), so the share of the residual variance is what
+    sets its power; other covariates (PCs, centre) explain little of a region's morphology here.
+    """
+    design = np.column_stack([np.ones(len(people)), people["age"].to_numpy(float), people["sex"].to_numpy(float)])
+    q, _ = np.linalg.qr(design)
+    out = []
+    for rec in causal.itertuples():
+        y = measured[f"{'vol' if rec.kind == 'volume' else 'stretch'}_{rec.region}"].to_numpy(float)
+        g = dosage[:, rec.variant_index].astype(float)
+        y_res, g_res = y - q @ (q.T @ y), g - q @ (q.T @ g)
+        out.append(float(np.dot(y_res, g_res) ** 2 / (np.dot(y_res, y_res) * np.dot(g_res, g_res))))
+    return np.array(out)
 
 
 def choose_causal_snps(
@@ -184,9 +263,6 @@ def plant_effects(
     q = causal["variance_explained"].to_numpy()
     sd = np.where(causal["kind"] == "shape", cfg.region_sd * SHAPE_SD_FACTOR, cfg.region_sd)
     causal["beta"] = sd * np.sqrt(q / (1 - q)) / np.sqrt(2 * p * (1 - p))
-    n_gwas = expected_gwas_n(cfg)
-    causal["power"] = [gwas_power(n_gwas, v) for v in q]
-    causal["detectable"] = causal["power"] >= 0.8
     volume_regions = sorted(set(causal.loc[causal["kind"] == "volume", "region"]))
     shape_regions = sorted(set(causal.loc[causal["kind"] == "shape", "region"]))
     volume = pd.DataFrame(rng.normal(0, cfg.region_sd, (n, len(volume_regions))), columns=volume_regions)
@@ -202,7 +278,13 @@ def plant_effects(
 
 
 def write_truth(path: Path, causal: pd.DataFrame, cfg: SynthConfig) -> None:
-    """``truth.json``: the planted SNPs (snp, chrom, pos_bp, region, effect, detectable, ...)."""
+    """``truth.json``: the planted SNPs (snp, chrom, pos_bp, region, effect, detectable, ...).
+
+    ``causal`` must carry ``variance_explained_image``; ``power`` and ``detectable`` are
+    evaluated for the expected GWAS n of the default split (see :func:`detectable_at`).
+    """
+    n_gwas = expected_gwas_n(cfg)
+    causal = detectable_at(causal, n_gwas)
     entries = [
         {
             "snp": r.snp,
@@ -214,6 +296,7 @@ def write_truth(path: Path, causal: pd.DataFrame, cfg: SynthConfig) -> None:
             "kind": r.kind,
             "effect": float(r.beta),
             "variance_explained": float(r.variance_explained),
+            "variance_explained_image": float(r.variance_explained_image),
             "power": float(r.power),
             "detectable": bool(r.detectable),
             "reported": bool(r.reported),
@@ -223,7 +306,9 @@ def write_truth(path: Path, causal: pd.DataFrame, cfg: SynthConfig) -> None:
     doc = {
         "causal": entries,
         "effect_units": "natural-log change of region volume (kind=volume) or stretch (kind=shape) per a1 allele",
-        "detectable_rule": f"power >= 0.8 at alpha {GWAS_ALPHA:.3g} for the region measure at n={expected_gwas_n(cfg)}",
+        "detectable_rule": (f"power >= 0.8 at alpha {GWAS_ALPHA:.3g} for the phenotype measured in the image "
+                            f"(variance_explained_image) at n={n_gwas}; udip truth re-evaluates it on the GWAS "
+                            "sample actually used"),
         "generator": cfg.to_json(),
     }
     path.write_text(json.dumps(doc, indent=2))

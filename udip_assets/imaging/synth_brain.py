@@ -151,6 +151,11 @@ class Morphology:
         Global intensity gain (> 0); white matter renders at about ``700 * intensity_scale``.
     aging : AgingModel
         Effect sizes of age and sex.
+    linear_registration : bool
+        Render the scan as linearly (12-dof affine) registered to the template, as UK Biobank's
+        ``T1_brain_to_MNI`` is in the paper: ``head_scale`` and the affine part of the random
+        warp are normalised away (see :func:`sample_warp`, Notes); only the non-affine warp and
+        the regional morphology stay in the image. False renders the subject's native geometry.
     """
 
     head_scale: float = 1.0
@@ -163,12 +168,17 @@ class Morphology:
     noise_sd: float = 0.03
     intensity_scale: float = 1.0
     aging: AgingModel = field(default_factory=AgingModel)
+    linear_registration: bool = False
 
     def __post_init__(self) -> None:
         _check_range("head_scale", self.head_scale, 0.75, 1.2, "1.0 is the template head size")
         _check_range("age_years", self.age_years, 0.0, 120.0, "give the age in years")
         if self.sex not in (0, 1):
             raise UdipConfigError(f"Morphology.sex must be 0 (female) or 1 (male), got {self.sex!r}")
+        if not isinstance(self.linear_registration, bool):
+            raise UdipConfigError(
+                f"Morphology.linear_registration must be True or False, got {self.linear_registration!r}"
+            )
         _check_range("warp_amplitude_mm", self.warp_amplitude_mm, 0.0, 8.0, "use 0 for no random warp")
         _check_range("bias_amplitude", self.bias_amplitude, 0.0, 0.5, "use 0 for a flat bias field")
         _check_range("noise_sd", self.noise_sd, 0.0, 0.5, "use 0 for a noise-free scan")
@@ -309,13 +319,23 @@ def sample_warp(anatomy: Anatomy, morph: Morphology, rng: np.random.Generator) -
     ``head_scale**3`` and the random warp's Jacobian. The part terms are evaluated at y, not
     composed, so each is an affine resampling of a precomputed weight (fast); where two parts'
     tapers overlap their displacements add.
+
+    With ``morph.linear_registration`` the scan is modelled as linearly registered to the
+    template: head_scale is taken as 1 (a 12-dof registration scales the head to the template),
+    and the least-squares affine fit of u over the template brain (per component, on [1, x, y, z])
+    is subtracted from u, so translation, scaling and shear of the random warp are gone and only
+    its non-affine part (natural anatomical variation that a linear registration leaves) is
+    rendered. The planted regional terms are local and stay.
     """
     grid = anatomy.grid
     effects = morph.effective_region_log_volume()
     centre = _brain_centre(anatomy)
+    head_scale = 1.0 if morph.linear_registration else morph.head_scale
     coefs = _random_modes(rng, morph.warp_amplitude_mm / grid.voxel_mm, n_components=3)
     full = tuple(slice(0, n) for n in grid.shape)
     fields = [_cosine_field(coefs[d], grid, full) if np.any(coefs[d]) else None for d in range(3)]
+    if morph.linear_registration:
+        fields = [None if f is None else _remove_affine(f, coefs[d], anatomy) for d, f in enumerate(fields)]
     umax = np.array([0.0 if f is None else float(np.abs(f).max()) for f in fields])  # (3,) voxels
     parts = [
         (part, _local_inverse(part, effects.get(region, 0.0), morph.region_stretch.get(region, 0.0)))
@@ -326,21 +346,59 @@ def sample_warp(anatomy: Anatomy, morph: Morphology, rng: np.random.Generator) -
     for part, inv_map in parts:
         plo, phi = _forward_box(part, inv_map)
         lo, hi = np.minimum(lo, plo), np.maximum(hi, phi)
-    box = _output_box(full, lo, hi, centre, morph.head_scale, umax)  # type: ignore[arg-type]
-    coords = _scaled_coords(box, centre, morph.head_scale)
+    box = _output_box(full, lo, hi, centre, head_scale, umax)  # type: ignore[arg-type]
+    coords = _scaled_coords(box, centre, head_scale)
     for part, inv_map in parts:
-        _add_part_displacement(coords, box, part, inv_map, centre, morph.head_scale)
+        _add_part_displacement(coords, box, part, inv_map, centre, head_scale)
     for d in range(3):
         if fields[d] is not None:
             coords[d] += fields[d][box]
     coords.setflags(write=False)
     axis_min, axis_max = _axis_bounds(coords)
+    if morph.linear_registration:
+        rms = math.sqrt(sum(float(np.mean(np.square(f, dtype=np.float64))) for f in fields if f is not None))
+    else:
+        rms = math.sqrt(float((coefs**2 * _mode_power()).sum()))
     return Warp(
-        grid=grid, box=box, coords=coords, head_scale=morph.head_scale,
+        grid=grid, box=box, coords=coords, head_scale=head_scale,
         region_log_volume=MappingProxyType(effects), region_stretch=morph.region_stretch,
-        displacement_rms_mm=math.sqrt(float((coefs**2 * _mode_power()).sum())) * grid.voxel_mm,
-        axis_min=axis_min, axis_max=axis_max,
+        displacement_rms_mm=rms * grid.voxel_mm, axis_min=axis_min, axis_max=axis_max,
     )  # fmt: skip
+
+
+def _remove_affine(field_vox: np.ndarray, coefs: np.ndarray, anatomy: Anatomy) -> np.ndarray:
+    """``field_vox`` (X, Y, Z), the cosine field of ``coefs`` (K, K, K), minus its affine fit over the brain.
+
+    Notes
+    -----
+    A 12-dof linear registration finds the affine map that best aligns the subject with the
+    template; the residual of one displacement component after that is its part orthogonal to
+    span{1, x, y, z} over the template brain (least squares). The fit is linear in the mode
+    coefficients, so each mode's fit is computed once per anatomy (:func:`_mode_affine_fits`) and
+    the field's fit is their coefficient-weighted sum: no pass over the brain voxels per subject.
+    """
+    a = np.tensordot(coefs, _mode_affine_fits(anatomy), axes=3)  # (4,) intercept and slopes, voxels
+    axes = [np.arange(n, dtype=np.float32) for n in field_vox.shape]
+    fit = (np.float32(a[1]) * axes[0])[:, None, None] + (np.float32(a[2]) * axes[1])[None, :, None] \
+        + (np.float32(a[3]) * axes[2])[None, None, :]
+    fit += np.float32(a[0])
+    return field_vox - fit
+
+
+@functools.lru_cache(maxsize=8)
+def _mode_affine_fits(anatomy: Anatomy) -> np.ndarray:
+    """(K, K, K, 4): least-squares [1, x, y, z] fit over the brain voxels of each single cosine mode."""
+    index = np.flatnonzero(anatomy.brain_mask.reshape(-1))
+    design = np.column_stack([np.ones(index.size), *np.unravel_index(index, anatomy.brain_mask.shape)])
+    solve = np.linalg.solve(design.T @ design, design.T)  # (4, n_brain)
+    full = tuple(slice(0, n) for n in anatomy.grid.shape)
+    out = np.zeros((_N_MODES, _N_MODES, _N_MODES, 4))
+    for mode in np.ndindex(_N_MODES, _N_MODES, _N_MODES):
+        unit = np.zeros((_N_MODES,) * 3)
+        unit[mode] = 1.0
+        out[mode] = solve @ _cosine_field(unit, anatomy.grid, full).reshape(-1)[index].astype(np.float64)
+    out.setflags(write=False)
+    return out
 
 
 def min_jacobian(warp: Warp) -> float:
@@ -465,13 +523,86 @@ def partial_volumes_mm3(anatomy: Anatomy, warp: Warp) -> dict[str, float]:
         indicator times the voxel volume. Equals the template volume under the identity warp and,
         unlike a label count, has no dithering noise: the best measure of a small region's change.
     """
+    return {name: volume for name, (volume, _) in measure_regions(anatomy, warp).items()}
+
+
+def measure_regions(anatomy: Anatomy, warp: Warp) -> dict[str, tuple[float, float]]:
+    """Each region's volume (mm^3) and shape stretch as they are in the subject's image.
+
+    Parameters
+    ----------
+    anatomy : Anatomy
+        The anatomy ``warp`` was sampled on.
+    warp : Warp
+        From :func:`sample_warp`.
+
+    Returns
+    -------
+    dict of str to (float, float)
+        Per region of REGIONS: the partial-volume sum of :func:`partial_volumes_mm3`, and the
+        measured log stretch along the region's main axis (0 for the template's shape).
+
+    Notes
+    -----
+    The stretch of one hemisphere's part is measured from the weighted second moments of its
+    pulled indicator in output voxels: with sd_a the RMS extent along the part's template main
+    axis and sd_1, sd_2 along the two other template principal axes, the shape index
+    ``(2/3) (log sd_a - (log sd_1 + log sd_2) / 2)`` minus the template's own index. A
+    volume-preserving stretch v (axis x e^v, the others x e^(-v/2)) measures v; an isotropic
+    volume change measures 0. The region's value is the mean over its hemispheres.
+    """
     _, layers = _label_layers(anatomy)
     out = {}
     for name, (lo, indicator, _) in zip(REGIONS, layers, strict=True):
         pulled = _pull_indicator(warp, lo, indicator)
-        total = 0.0 if pulled is None else float(pulled[3].sum(dtype=np.float64))
-        out[name] = total * warp.grid.voxel_mm**3
+        if pulled is None:
+            out[name] = (0.0, 0.0)
+            continue
+        sub, _, hit, score = pulled
+        volume = float(score.sum(dtype=np.float64)) * warp.grid.voxel_mm**3
+        out[name] = (volume, _measured_stretch(anatomy, warp, name, sub, hit, score))
     return out
+
+
+def _measured_stretch(anatomy: Anatomy, warp: Warp, region: str, sub: tuple[slice, slice, slice],
+                      hit: np.ndarray, score: np.ndarray) -> float:
+    """Mean over hemispheres of the measured log stretch (see :func:`measure_regions`, Notes)."""
+    shape = tuple(s.stop - s.start for s in sub)
+    pos = np.stack(np.unravel_index(hit, shape)).astype(np.float64)  # (3, m) relative to sub
+    pos += np.array([b.start + s.start for b, s in zip(warp.box, sub, strict=True)], float)[:, None]
+    x_world = anatomy.grid.affine[0, 0] * pos[0] + anatomy.grid.affine[0, 3]
+    values = []
+    for part in _region_parts(anatomy, region):
+        side = x_world < 0 if part.side == "left" else x_world >= 0
+        values.append(_shape_index(pos[:, side], score[side].astype(np.float64), part) - _template_index(anatomy, part))
+    return float(np.mean(values)) if values else 0.0
+
+
+def _shape_index(pos: np.ndarray, weight: np.ndarray, part: _RegionPart) -> float:
+    """(2/3)(log sd along part.axis - mean log sd along the two other principal axes); pos (3, m)."""
+    if weight.sum() <= 0:
+        return 0.0
+    centred = pos - (pos @ weight / weight.sum())[:, None]
+    cov = (centred * weight) @ centred.T / weight.sum()  # (3, 3)
+    axes = _part_axes(part)  # (3, 3) columns: main axis, then the two others
+    sd = np.sqrt(np.maximum(np.einsum("ia,ij,ja->a", axes, cov, axes), 1e-12))
+    return float(2.0 / 3.0 * (np.log(sd[0]) - 0.5 * (np.log(sd[1]) + np.log(sd[2]))))
+
+
+def _part_axes(part: _RegionPart) -> np.ndarray:
+    """Orthonormal (3, 3): the part's main axis and two unit vectors perpendicular to it."""
+    basis, _ = np.linalg.qr(np.column_stack([part.axis, np.eye(3)])[:, :3])
+    return basis
+
+
+@functools.lru_cache(maxsize=64)
+def _template_index(anatomy: Anatomy, part: _RegionPart) -> float:
+    """The shape index of the part in the template itself (its own mask voxels)."""
+    mask = anatomy.region_mask(part.region)
+    x_world = anatomy.grid.affine[0, 0] * np.arange(anatomy.grid.shape[0]) + anatomy.grid.affine[0, 3]
+    in_side = x_world < 0 if part.side == "left" else x_world >= 0
+    pos = np.argwhere(mask & in_side[:, None, None]).T.astype(np.float64)
+    return _shape_index(pos, np.ones(pos.shape[1]), part)
 
 
 def _pull_indicator(

@@ -85,3 +85,12 @@ def test_visit_fields_read_per_instance():
     assert cov["age_years"].tolist() == [62.0, 64.0]
     assert cov["pc3"].tolist() == t["22009-0.3"].tolist()
     assert cov["missing"].isna().all()
+
+
+def test_head_size_field_25000_is_read_per_visit_and_optional():
+    t = _covariate_table(["1", "2"])
+    without = covariates_at_visit(t, pd.Series(["1", "2"]), pd.Series([2, 3]))
+    assert without["head_size_scaling"].isna().all() and without["missing"].isna().all()  # nobody dropped
+    t["25000-2.0"], t["25000-3.0"] = [1.21, 1.35], [1.22, 1.36]
+    cov = covariates_at_visit(t, pd.Series(["1", "2"]), pd.Series([2, 3]))
+    assert cov["head_size_scaling"].tolist() == [1.21, 1.36]

@@ -124,3 +124,61 @@ def test_covariate_pcs_separate_the_ancestral_populations(tiny_cohort):
     cut = (pc1[pop == 0].mean() + pc1[pop == 1].mean()) / 2
     side = (pc1 > cut) == (pc1[pop == 1].mean() > cut)
     assert (side == (pop == 1)).mean() > 0.95
+
+
+def test_image_brain_volume_is_independent_of_head_size_field_25000(tiny_cohort):
+    """Head size lives in the covariate table (UKBB field 25000), not in the linearly registered image."""
+    cov = pd.read_csv(tiny_cohort.covariates, dtype={"eid": str}).drop_duplicates("eid").set_index("eid")
+    scaling, brain_voxels = [], []
+    for eid, visit, path in find_scans(tiny_cohort)[["subject_id", "visit", "path"]].itertuples(index=False):
+        if visit != 2 or pd.isna(cov.at[eid, "25000-2.0"]):
+            continue
+        try:
+            data = np.asarray(nib.load(path).dataobj)
+        except Exception:  # the cohort's deliberately damaged scans
+            continue
+        if not np.isfinite(data).all() or data.shape != MNI152_2MM.shape or not data.any():
+            continue
+        scaling.append(cov.at[eid, "25000-2.0"])
+        brain_voxels.append(np.count_nonzero(data))
+    scaling, brain_voxels = np.asarray(scaling), np.asarray(brain_voxels, float)
+    assert len(scaling) > 40 and scaling.std() / scaling.mean() > 0.05  # head size varies ~10 % in volume
+    assert brain_voxels.std() / brain_voxels.mean() < 0.02
+    assert abs(np.corrcoef(scaling, brain_voxels)[0, 1]) < 0.4
+
+
+def test_image_truth_volumes_equal_the_warped_atlas_measurement(tiny_cohort):
+    """truth_image_volumes.tsv is what the image shows: the subject's warped atlas, measured by label count."""
+    from udip_assets.cohort.synth_build import ScanJob, _subject_warp
+    from udip_assets.imaging.anatomy import region_volume_mm3
+    from udip_assets.imaging.synth_brain import warp_labels
+
+    measured = pd.read_csv(tiny_cohort.root / "truth_image_volumes.tsv", sep="\t", dtype={"eid": str})
+    subjects = pd.read_csv(tiny_cohort.root / "truth_subjects.csv", dtype={"eid": str})
+    for rec in subjects.head(4).itertuples():
+        job = ScanJob("unused", int(rec.subject_seed), int(rec.visit), 2, json.loads(rec.morphology))
+        anatomy, _, warp = _subject_warp(job)
+        labels = warp_labels(anatomy, warp)
+        row = measured[(measured["eid"] == rec.eid) & (measured["visit"] == rec.visit)].iloc[0]
+        for region in ("ventricles", "hippocampus", "thalamus"):
+            assert row[f"{region}_mm3"] == pytest.approx(region_volume_mm3(labels, MNI152_2MM, region), rel=0.03)
+
+
+def test_detectable_follows_the_configured_split_and_the_image_phenotype(tiny_cohort):
+    from udip_assets.cohort.splits import SplitConfig
+    from udip_assets.cohort.synthetic import detectable_at, expected_gwas_n
+    from udip_assets.cohort.truth_check import load_truth
+
+    cfg = tiny_config()
+    assert expected_gwas_n(cfg, SplitConfig(train_count=20, val_count=5)) == round(60 * 0.95) - 25
+    assert expected_gwas_n(cfg) == round(60 * SplitConfig().inference_fraction * 0.95)
+    truth = load_truth(tiny_cohort.truth)
+    assert ((truth["variance_explained_image"] > 0) & (truth["variance_explained_image"] < 1)).all()
+    recorded = detectable_at(truth, expected_gwas_n(cfg))
+    assert (recorded["detectable"] == truth["detectable"]).all()
+    assert recorded["power"].to_numpy() == pytest.approx(truth["power"].to_numpy())
+    # power follows the GWAS size: nothing is detectable in 10 subjects, everything planted in 100,000
+    assert not detectable_at(truth, 10)["detectable"].any()
+    assert detectable_at(truth, 100_000)["detectable"].all()
+    # and the alpha of the number of dims tested
+    assert (detectable_at(truth, 300, n_dims=1)["power"] >= detectable_at(truth, 300, n_dims=128)["power"]).all()

@@ -265,3 +265,65 @@ def test_1mm_smoke():
     assert image.shape == (182, 218, 182) and np.all(image[~warp_mask(anatomy_1mm, warp)] == 0)
     grown = region_volume_mm3(warp_labels(anatomy_1mm, warp), MNI152_1MM, "ventricles")
     assert _log_ratio(grown, anatomy_1mm.region_volume_mm3("ventricles")) == pytest.approx(0.2, abs=0.05)
+
+
+# --- linear registration to MNI (what the paper's input shows) --------------------------------
+
+
+def test_linear_registration_normalises_head_size_away(anatomy):
+    """A 12-dof registration scales every head to the template: the image's brain volume ignores head_scale."""
+    kwargs = {"warp_amplitude_mm": 2.0, "bias_amplitude": 0.0, "noise_sd": 0.0}
+    registered, native = [], []
+    for head_scale in (0.85, 1.0, 1.15):
+        for flag, out in ((True, registered), (False, native)):
+            morph = Morphology(head_scale=head_scale, linear_registration=flag, **kwargs)
+            image = render_t1(anatomy, sample_warp(anatomy, morph, np.random.default_rng(4)), morph,
+                              np.random.default_rng(0))
+            out.append(np.count_nonzero(image))
+    assert len(set(registered)) == 1
+    assert native[2] / native[0] == pytest.approx((1.15 / 0.85) ** 3, rel=0.03)
+
+
+def test_linear_registration_leaves_only_the_non_affine_part_of_the_warp(anatomy):
+    """The displacement left in the image has no least-squares affine component over the brain."""
+    morph = Morphology(warp_amplitude_mm=2.0, bias_amplitude=0.0, noise_sd=0.0, linear_registration=True)
+    warp = sample_warp(anatomy, morph, np.random.default_rng(7))
+    box_mask = anatomy.brain_mask[warp.box]
+    idx = np.argwhere(box_mask).astype(np.float64) + np.array([s.start for s in warp.box], float)
+    design = np.column_stack([np.ones(len(idx)), idx])
+    rms_sq = 0.0
+    for d in range(3):
+        disp = warp.coords[d][box_mask].astype(np.float64) - idx[:, d]  # identity: head_scale 1, no regions
+        coef, *_ = np.linalg.lstsq(design, disp, rcond=None)
+        assert np.abs(coef[1:]).max() < 1e-4 and abs(coef[0] + coef[1:] @ idx.mean(axis=0)) < 1e-3
+        rms_sq += float(np.mean(disp**2))
+    native = sample_warp(anatomy, Morphology(warp_amplitude_mm=2.0, bias_amplitude=0.0, noise_sd=0.0),
+                         np.random.default_rng(7))
+    assert 0.3 < np.sqrt(rms_sq) * MNI152_2MM.voxel_mm < native.displacement_rms_mm
+    assert warp.displacement_rms_mm == pytest.approx(1.05, abs=0.6)
+
+
+def test_residual_bias_field_has_its_rms(anatomy):
+    """Bias 0.02 (what FAST leaves): the log ratio to a bias-free render has RMS ~0.02 inside the brain."""
+    kwargs = {"warp_amplitude_mm": 0.0, "noise_sd": 0.0}
+    warp = _warp(anatomy, **kwargs, bias_amplitude=0.0)
+    flat = render_t1(anatomy, warp, Morphology(bias_amplitude=0.0, **kwargs), np.random.default_rng(3))
+    biased = render_t1(anatomy, warp, Morphology(bias_amplitude=0.02, **kwargs), np.random.default_rng(3))
+    inside = flat > 50
+    log_ratio = np.log(biased[inside] / flat[inside])
+    assert 0.008 < np.sqrt(np.mean(log_ratio**2)) < 0.04
+    assert np.abs(log_ratio).max() < 0.15
+
+
+@pytest.mark.parametrize("stretch", [0.08, -0.06])
+def test_measured_stretch_equals_the_planted_one_and_ignores_volume(anatomy, stretch):
+    from udip_assets.imaging.synth_brain import measure_regions
+
+    stretched = measure_regions(anatomy, _warp(anatomy, region_stretch={"ventricles": stretch}, **QUIET))
+    assert stretched["ventricles"][1] == pytest.approx(stretch, rel=0.15)
+    grown = measure_regions(anatomy, _warp(anatomy, region_log_volume={"ventricles": 0.2}, **QUIET))
+    assert abs(grown["ventricles"][1]) < 0.01
+    identity = measure_regions(anatomy, _warp(anatomy, **QUIET))
+    assert all(abs(s) < 1e-6 for _, s in identity.values())
+    volumes = partial_volumes_mm3(anatomy, _warp(anatomy, **QUIET))
+    assert {r: v for r, (v, _) in identity.items()} == pytest.approx(volumes)
