@@ -38,6 +38,7 @@ from udip_assets.genetics.plink import read_bim, write_plink
 from udip_assets.genetics.relatedness import related_pairs_table, write_ukb_rel
 from udip_assets.genetics.synth_genotypes import GenotypeSimConfig, simulate_genotypes
 from udip_assets.imaging.grids import Grid, grid_for_resolution
+from udip_assets.imaging.synth_brain import AgingModel
 
 
 @dataclass(frozen=True)
@@ -221,9 +222,11 @@ def _scan_jobs(out_dir: Path, cfg: SynthConfig, people: pd.DataFrame, volume: pd
     for i, p in people.iterrows():
         for visit in (2, 3) if p["has_v3"] else (2,):
             centre_gain = {11025: 1.0, 11026: 0.95, 11027: 1.05, 11028: 0.9}[int(p["centre2"])]
+            ageing = AgingModel().region_log_volume(float(p[f"age{visit}"]), int(p["sex"]))
             morph = {
                 "head_scale": float(np.exp(p["log_head"])),
-                "region_log_volume": {r: float(volume.at[i, r]) for r in volume.columns},
+                "region_log_volume": {r: _renderable(float(volume.at[i, r]), ageing.get(r, 0.0))
+                                      for r in volume.columns},
                 "region_stretch": {r: float(shape.at[i, r]) for r in shape.columns},
                 "age_years": float(p[f"age{visit}"]),
                 "sex": int(p["sex"]),
@@ -236,6 +239,15 @@ def _scan_jobs(out_dir: Path, cfg: SynthConfig, people: pd.DataFrame, volume: pd
             jobs.append(ScanJob(str(scan_path(out_dir, p["eid"], visit)), int(p["subject_seed"]), visit,
                                 cfg.resolution_mm, morph))
     return jobs
+
+
+def _renderable(planted: float, ageing: float) -> float:
+    """A planted log-volume change clipped so that, with the subject's ageing, the renderer accepts it.
+
+    Touches only the extreme tail (a planted change beyond ~3 sd in a very young or old subject).
+    """
+    lo, hi = -0.59 - ageing, 0.79 - ageing
+    return float(min(max(planted, lo), hi))
 
 
 def _write_subject_truth(path: Path, people: pd.DataFrame, jobs: list[ScanJob]) -> None:
@@ -265,13 +277,20 @@ def _render_all(jobs: list[ScanJob], progress: bool) -> list[dict[str, float]]:
             measured.append(_render_or_measure(item))
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_one_thread_per_worker) as pool:
             measured = []
             for result in pool.map(_render_or_measure, work, chunksize=4):
                 measured.append(result)
                 bar.update()
     bar.close()
     return measured
+
+
+def _one_thread_per_worker() -> None:
+    """One process per core renders: torch's interpolation must not start threads of its own."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _render_or_measure(item: tuple[ScanJob, bool]) -> dict[str, float]:
