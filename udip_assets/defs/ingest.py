@@ -43,11 +43,14 @@ class SubjectsConfig(dg.Config):
 
     train_fraction: float = SplitConfig().train_fraction
     val_fraction: float = SplitConfig().val_fraction
+    train_count: int | None = None
+    val_count: int | None = None
     split_seed: int = 0
     kinship_threshold: float = 0.0884
 
     def to_domain(self) -> SplitConfig:
-        return SplitConfig(self.train_fraction, self.val_fraction, self.split_seed)
+        return SplitConfig(self.train_fraction, self.val_fraction, self.split_seed,
+                           train_count=self.train_count, val_count=self.val_count)
 
 
 @dg.asset(partitions_def=cohort_partitions, group_name="ingest", deps=[scan_manifest], kinds={"duckdb"})

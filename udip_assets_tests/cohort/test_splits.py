@@ -44,3 +44,38 @@ def test_same_seed_same_split_and_growth_does_not_move_anyone():
 def test_invalid_fractions_are_named(kwargs, field):
     with pytest.raises(UdipConfigError, match=field):
         SplitConfig(**kwargs)
+
+
+def test_absolute_counts_give_exact_sizes_ranked_by_the_subject_hash():
+    from udip_assets.cohort.splits import subject_uniform
+
+    ids = _ids(1_000)
+    split = assign_splits(ids, SplitConfig(seed=2, train_count=120, val_count=40))
+    assert split.value_counts().to_dict() == {"inference": 840, "train": 120, "val": 40}
+    u = np.array([subject_uniform(s, 2) for s in ids])
+    assert u[(split == "train").to_numpy()].max() < u[(split == "val").to_numpy()].min()
+    assert u[(split == "val").to_numpy()].max() < u[(split == "inference").to_numpy()].min()
+
+
+def test_growth_with_counts_never_moves_a_gwas_subject_into_training():
+    cfg = SplitConfig(seed=5, train_count=50, val_count=20)
+    small = assign_splits(_ids(400), cfg)
+    grown = assign_splits(_ids(900), cfg).iloc[:400]
+    assert not ((small == "inference") & (grown != "inference")).any()
+    assert not ((small == "val") & (grown == "train")).any()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"train_count": -1}, "train_count must be None or a whole number >= 0, got -1"),
+     ({"train_count": 1.5}, "train_count must be None or a whole number"),
+     ({"val_count": 10}, "val_count needs train_count")],
+)
+def test_invalid_counts_are_named(kwargs, message):
+    with pytest.raises(UdipConfigError, match=message):
+        SplitConfig(**kwargs)
+
+
+def test_counts_that_leave_no_gwas_subject_are_refused():
+    with pytest.raises(UdipConfigError, match="train_count 90 \\+ val_count 10 leave none of the 100 kept subjects"):
+        assign_splits(_ids(100), SplitConfig(train_count=90, val_count=10))
