@@ -726,10 +726,11 @@ def pull_trilinear(volumes: np.ndarray, coords: np.ndarray) -> np.ndarray:
     import torch
 
     n_x, n_y, n_z = volumes.shape[1:]
-    c = torch.from_numpy(np.ascontiguousarray(coords, dtype=np.float32)).reshape(3, -1)
+    c = torch.from_numpy(np.array(coords, dtype=np.float32)).reshape(3, -1)  # a copy: coords may be read-only
     scale = [2.0 / max(n - 1, 1) for n in (n_x, n_y, n_z)]
     grid = torch.stack([c[2] * scale[2] - 1, c[1] * scale[1] - 1, c[0] * scale[0] - 1], dim=-1)  # (n, 3) = (z, y, x)
-    source = torch.from_numpy(np.ascontiguousarray(volumes, dtype=np.float32))[None]  # (1, C, X, Y, Z)
+    volumes = np.ascontiguousarray(volumes if volumes.flags.writeable else volumes.copy(), dtype=np.float32)
+    source = torch.from_numpy(volumes)[None]  # (1, C, X, Y, Z)
     out = torch.nn.functional.grid_sample(source, grid[None, None, None], mode="bilinear", padding_mode="zeros",
                                           align_corners=True)  # (1, C, 1, 1, n)
     return out.reshape(volumes.shape[0], *coords.shape[1:]).numpy()
