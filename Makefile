@@ -8,8 +8,16 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 export UDIP_HOME ?= $(CURDIR)/.udip
 
 DEMO_NAME     ?= demo
-DEMO_SUBJECTS ?= 1200
+DEMO_SUBJECTS ?= 2600
 DEMO_SEED     ?= 0
+# Training needs far fewer scans than the GWAS: a fixed 120 train / 40 val, the rest is the GWAS set.
+DEMO_TRAIN    ?= 120
+DEMO_VAL      ?= 40
+DEMO_PRESET   ?= demo
+# Loci are counted for the checkpoints of epochs 15 and 30 (each costs an encoding of the GWAS set).
+DEMO_SWEEP_EVERY ?= 15
+# Extra model options: e.g. make demo DEMO_MODEL_ARGS='--epochs 60 --overrides {"enc_depth":8}'
+DEMO_MODEL_ARGS ?=
 
 .PHONY: install demo test test-tools lint ui mlflow-ui where
 
@@ -30,11 +38,12 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/udip synth --name $(DEMO_NAME) --subjects $(DEMO_SUBJECTS) --resolution 2 --seed $(DEMO_SEED)
-	$(BIN)/udip materialize --cohort $(DEMO_NAME)
+	$(BIN)/udip materialize --cohort $(DEMO_NAME) --train-count $(DEMO_TRAIN) --val-count $(DEMO_VAL) \
+	  --preset $(DEMO_PRESET) --sweep-every $(DEMO_SWEEP_EVERY) $(DEMO_MODEL_ARGS)
 	$(BIN)/udip sql "SELECT status, count(*) AS n FROM scans WHERE cohort = '$(DEMO_NAME)' GROUP BY 1 ORDER BY 2 DESC"
 	$(BIN)/udip sql "SELECT split, kept, count(*) AS n FROM subjects WHERE cohort = '$(DEMO_NAME)' GROUP BY ALL ORDER BY ALL"
 	$(BIN)/udip sql "SELECT model_id, epoch, round(val_loss, 4) AS val_loss, loci_count, selected FROM checkpoints WHERE cohort = '$(DEMO_NAME)' AND loci_count IS NOT NULL AND run_id = (SELECT run_id FROM checkpoints WHERE cohort = '$(DEMO_NAME)' AND selected) ORDER BY epoch"
-	$(BIN)/udip sql "SELECT \"GenomicLocus\" AS locus, chr, start, \"end\", p, \"nLeadSNPs\" AS n_lead, dim, dims FROM genomic_risk_loci g WHERE cohort = '$(DEMO_NAME)' AND model_id = (SELECT model_id FROM checkpoints WHERE cohort = '$(DEMO_NAME)' AND selected ORDER BY created_at DESC LIMIT 1) ORDER BY 1"
+	$(BIN)/udip sql "SELECT method, \"GenomicLocus\" AS locus, chr, start, \"end\", p, \"nLeadSNPs\" AS n_lead, dim, dims FROM genomic_risk_loci g WHERE cohort = '$(DEMO_NAME)' AND model_id = (SELECT model_id FROM checkpoints WHERE cohort = '$(DEMO_NAME)' AND selected ORDER BY created_at DESC LIMIT 1) ORDER BY 1, 2"
 	$(BIN)/udip truth --cohort $(DEMO_NAME) --control
 	@$(BIN)/udip where
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -41,7 +42,18 @@ def synth(name: str, n_subjects: int, resolution: str, seed: int, with_faults: b
 @main.command()
 @click.option("--cohort", required=True, help="Cohort name (a folder under $UDIP_HOME/cohorts with cohort.yaml).")
 @click.option("--select", "selection", default=None, help="Dagster asset selection, e.g. 'group:ingest'.")
-def materialize(cohort: str, selection: str | None) -> None:
+@click.option("--train-count", type=click.IntRange(min=1), default=None,
+              help="Train on this many subjects (the rest of the cohort, less --val-count, is the GWAS set); "
+                   "default: the paper's split fractions.")
+@click.option("--val-count", type=click.IntRange(min=0), default=None, help="Validation subjects (with --train-count).")
+@click.option("--preset", default=None, help="Model preset: paper, demo or tiny (default: the asset's, demo).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (overrides the preset's).")
+@click.option("--overrides", default=None,
+              help='More ModelConfig / TrainConfig fields as a JSON object, e.g. \'{"enc_depth": 8}\'.')
+@click.option("--sweep-every", type=click.IntRange(min=1), default=None,
+              help="Count loci for the checkpoints of every N epochs (default: the sweep's, 10).")
+def materialize(cohort: str, selection: str | None, train_count: int | None, val_count: int | None,
+                preset: str | None, epochs: int | None, overrides: str | None, sweep_every: int | None) -> None:
     """Run the asset graph for one cohort, recorded in the Dagster instance under $UDIP_HOME/dagster."""
     from udip_assets.defs.run import materialize_cohort
 
@@ -49,7 +61,10 @@ def materialize(cohort: str, selection: str | None) -> None:
         raise click.ClickException(
             f"no cohort.yaml in {paths.cohorts_dir() / cohort}; run `udip synth --name {cohort}` or create one"
         )
-    result = materialize_cohort(cohort, selection=selection)
+    if val_count is not None and train_count is None:
+        raise click.ClickException("--val-count needs --train-count")
+    run_config = knob_run_config(train_count, val_count, preset, epochs, overrides, sweep_every)
+    result = materialize_cohort(cohort, selection=selection, run_config=run_config)
     for stage, key, run in result.runs:
         click.echo(f"{stage} [{key}]: {'ok' if run.success else 'FAILED'} (run {run.run_id})")
     for failure in result.failures():
@@ -57,6 +72,33 @@ def materialize(cohort: str, selection: str | None) -> None:
     if not result.success:
         sys.exit(1)
     click.echo(f"materialized cohort {cohort}: {len(result.runs)} run(s)")
+
+
+def knob_run_config(train_count: int | None, val_count: int | None, preset: str | None, epochs: int | None,
+                    overrides: str | None, sweep_every: int | None = None) -> dict:
+    """Dagster run config for the split and model options of ``udip materialize`` (empty when none is given)."""
+    ops: dict = {}
+    if train_count is not None:
+        ops["subjects"] = {"config": {"train_count": train_count, "val_count": val_count or 0}}
+    try:
+        fields = json.loads(overrides) if overrides else {}
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"--overrides is not valid JSON ({exc}); give an object such as "
+                                   '\'{"enc_depth": 8}\'') from exc
+    if not isinstance(fields, dict):
+        raise click.ClickException(f"--overrides must be a JSON object, got {overrides!r}")
+    if epochs is not None:
+        fields["epochs"] = epochs
+    model: dict = {}
+    if preset is not None:
+        model["preset"] = preset
+    if fields:
+        model["overrides_json"] = json.dumps(fields, sort_keys=True)
+    if model:
+        ops["vit_ae_model"] = {"config": model}
+    if sweep_every is not None:
+        ops["checkpoint_loci_sweep"] = {"config": {"every_epochs": sweep_every}}
+    return {"ops": ops} if ops else {}
 
 
 @main.command()
@@ -100,73 +142,109 @@ def where() -> None:
 @click.option("--cohort", default="demo", show_default=True, help="A synthetic cohort (one with a truth.json).")
 @click.option("--model-id", default=None, help="Loci of this model (default: the selected checkpoint's).")
 @click.option("--control", is_flag=True,
-              help="Also run the same GWAS + clumping on the generator's true region volumes (the ceiling).")
+              help="Also run the same GWAS + clumping on the planted phenotypes measured in the images (the ceiling).")
 def truth(cohort: str, model_id: str | None, control: bool) -> None:
     """Score a synthetic cohort's genomic risk loci against its planted causal SNPs.
 
-    A planted SNP is found when a locus span contains it; recall is over the SNPs the truth file marks
-    detectable, precision is the share of loci with a planted SNP within 250 kb. With --control, the
-    GWAS subjects' true region log-volumes replace the UDIPs (same subjects, covariates, thresholds and
-    clumping): what it finds and the UDIPs miss is lost in the representation, not in the genetics.
+    A planted SNP is found when a locus span contains it; recall is over the planted SNPs that are
+    detectable on the GWAS sample actually used (80 % power for the phenotype measured in the images at
+    5e-8 / n_dims), precision is the share of loci with a planted SNP within 250 kb; both for the minP
+    loci (the paper's method) and the multivariate loci (joint test of all dims). Then, per planted
+    phenotype, how well the UDIPs encode it (cross-validated R2, best single dim) and the UDIPs' effective
+    rank. With --control, those image phenotypes replace the UDIPs (same subjects, covariates, thresholds
+    and clumping): what it finds and the UDIPs miss is lost in the representation, not in the genetics.
     """
     from udip_assets.cohort.spec import load_cohort
+    from udip_assets.cohort.synthetic import detectable_at
     from udip_assets.cohort.truth_check import load_truth, score_loci
-    from udip_assets.store.warehouse import read_frame
 
     spec = load_cohort(paths.cohorts_dir() / cohort)
     if spec.truth is None:
         raise click.ClickException(f"cohort {cohort} has no truth file (only `udip synth` cohorts have one)")
-    db = paths.warehouse_path()
     try:
-        if model_id is None:
-            chosen = read_frame(db, "SELECT model_id FROM checkpoints WHERE cohort = ? AND selected "
-                                    "ORDER BY created_at DESC LIMIT 1", [cohort])
-            if chosen.empty:
-                chosen = read_frame(db, "SELECT model_id FROM genomic_risk_loci WHERE cohort = ? LIMIT 1", [cohort])
-            if chosen.empty:
-                raise click.ClickException(f"no loci for cohort {cohort} yet; run `udip materialize --cohort {cohort}`")
-            model_id = str(chosen["model_id"].iloc[0])
-        loci = read_frame(db, 'SELECT "GenomicLocus", chr, start, "end", p, "nLeadSNPs", dim, dims FROM '
-                              'genomic_risk_loci WHERE cohort = ? AND model_id = ? ORDER BY "GenomicLocus"',
-                          [cohort, model_id])
+        model_id = model_id or _selected_model_id(cohort)
+        loci = _read("SELECT * FROM genomic_risk_loci WHERE cohort = ? AND model_id = ? ORDER BY \"GenomicLocus\"",
+                     [cohort, model_id])
+        sample = _truth_gwas_sample(cohort, model_id)
     except WarehouseError as exc:
         raise click.ClickException(str(exc)) from exc
-    planted = load_truth(spec.truth)
-    score = score_loci(loci, planted)
-    click.echo(f"cohort {cohort}, model {model_id}: {len(loci)} genomic risk loci")
+    n_gwas, n_dims = sample.phenotypes.shape
+    planted = detectable_at(load_truth(spec.truth), n_gwas, n_dims)
+    by_method = {m: loci[loci["method"].fillna("minp") == m] for m in ("minp", "multivariate")}
+    scores = {m: score_loci(rows, planted) for m, rows in by_method.items()}
+    click.echo(f"cohort {cohort}, model {model_id}: GWAS of {n_gwas} subjects x {n_dims} UDIP dims; "
+               + ", ".join(f"{len(rows)} {m} loci" for m, rows in by_method.items()))
+    click.echo(f"  {'snp':>14} {'position':<16} {'region':<12} {'kind':<6} {'R2 img':>6} {'power':>5}  "
+               "detectable  minp    multivariate")
     for row in planted.sort_values(["chrom", "pos_bp"]).itertuples():
-        status = "found" if row.snp in score.found else "missed"
-        click.echo(f"  {row.snp:>14} chr{row.chrom}:{row.pos_bp:<10} {row.region:<12} effect {row.effect:+.2f} "
-                   f"{'detectable' if row.detectable else 'weak      '} {status}")
-    click.echo(f"recall {score.n_found_detectable}/{score.n_detectable} detectable planted loci "
-               f"({_percent(score.recall)}); precision {score.n_true_loci}/{score.n_loci} loci with a planted SNP "
-               f"within 250 kb ({_percent(score.precision)})")
+        found = ["found " if row.snp in scores[m].found else "missed" for m in scores]
+        q = getattr(row, "variance_explained_image", row.variance_explained)
+        click.echo(f"  {row.snp:>14} chr{row.chrom}:{row.pos_bp:<12} {row.region:<12} {row.kind:<6} {q:6.3f} "
+                   f"{row.power:5.2f}  {'yes' if row.detectable else 'no ':<10}  {found[0]}  {found[1]}")
+    for method, score in scores.items():
+        click.echo(f"{method}: recall {score.n_found_detectable}/{score.n_detectable} detectable planted loci "
+                   f"({_percent(score.recall)}); precision {score.n_true_loci}/{score.n_loci} loci with a planted "
+                   f"SNP within 250 kb ({_percent(score.precision)})")
+    _encoding_report(spec, sample, planted)
     if control:
-        _truth_control(cohort, spec, model_id, planted)
+        _truth_control(spec, sample, planted)
 
 
-def _truth_control(cohort: str, spec, model_id: str, planted) -> None:
-    """GWAS + clumping of the true region volumes on the subjects and covariates of the UDIP GWAS."""
-    from udip_assets.cohort.gwas_inputs import GwasSample, gwas_sample
-    from udip_assets.cohort.model_selection import loci_of_sample
-    from udip_assets.cohort.truth_check import score_loci, true_region_phenotypes
-    from udip_assets.genetics.clump import ClumpConfig
-    from udip_assets.genetics.design import PAPER_CATEGORICAL, PAPER_NUMERIC, CovariateSpec
-    from udip_assets.genetics.gwas import GwasConfig
+def _read(query: str, params: list):
     from udip_assets.store.warehouse import read_frame
 
-    db = paths.warehouse_path()
-    subjects = read_frame(db, "SELECT * FROM subjects WHERE cohort = ?", [cohort])
-    udips = read_frame(db, "SELECT * FROM udips WHERE cohort = ? AND model_id = ?", [cohort, model_id])
-    # the pipeline's defaults (GwasAssetConfig, LociConfig), without importing the Dagster layer
-    sample = gwas_sample(subjects, udips, CovariateSpec(numeric=PAPER_NUMERIC, categorical=PAPER_CATEGORICAL))
-    volumes = true_region_phenotypes(spec.truth.with_name("truth_subjects.csv")).reindex(sample.phenotypes.index)
-    control = GwasSample(phenotypes=volumes, covariates=sample.covariates, n_excluded=sample.n_excluded)
-    loci, _ = loci_of_sample(control, spec.genotypes, GwasConfig(), ClumpConfig(), ld_method="haplotype")
+    return read_frame(paths.warehouse_path(), query, params)
+
+
+def _selected_model_id(cohort: str) -> str:
+    chosen = _read("SELECT model_id FROM checkpoints WHERE cohort = ? AND selected ORDER BY created_at DESC LIMIT 1",
+                   [cohort])
+    if chosen.empty:
+        chosen = _read("SELECT model_id FROM genomic_risk_loci WHERE cohort = ? LIMIT 1", [cohort])
+    if chosen.empty:
+        raise click.ClickException(f"no loci for cohort {cohort} yet; run `udip materialize --cohort {cohort}`")
+    return str(chosen["model_id"].iloc[0])
+
+
+def _truth_gwas_sample(cohort: str, model_id: str):
+    """The GWAS sample of the pipeline's defaults (GwasAssetConfig), without importing the Dagster layer."""
+    from udip_assets.cohort.gwas_inputs import gwas_sample
+    from udip_assets.genetics.design import PAPER_CATEGORICAL, PAPER_NUMERIC, CovariateSpec
+
+    subjects = _read("SELECT * FROM subjects WHERE cohort = ?", [cohort])
+    udips = _read("SELECT * FROM udips WHERE cohort = ? AND model_id = ?", [cohort, model_id])
+    return gwas_sample(subjects, udips, CovariateSpec(numeric=PAPER_NUMERIC, categorical=PAPER_CATEGORICAL))
+
+
+def _encoding_report(spec, sample, planted) -> None:
+    """Per planted phenotype (as measured in the images): CV R2 from all UDIPs and the best single dim."""
+    from udip_assets.cohort.truth_check import encoding_diagnostics, format_diagnostics, image_region_phenotypes
+    from udip_assets.interpret.qc import effective_rank
+
+    measured = image_region_phenotypes(spec.truth.with_name("truth_image_volumes.tsv"), planted)
+    table = encoding_diagnostics(sample.phenotypes, measured)
+    click.echo("how well the UDIPs encode each planted phenotype (GWAS subjects; truth used for evaluation only):")
+    click.echo(format_diagnostics(table, effective_rank(sample.phenotypes.to_numpy())))
+
+
+def _truth_control(spec, sample, planted) -> None:
+    """GWAS + clumping of the image-measured planted phenotypes on the subjects and covariates of the UDIP GWAS."""
+    from udip_assets.cohort.gwas_inputs import GwasSample
+    from udip_assets.cohort.model_selection import loci_of_sample
+    from udip_assets.cohort.truth_check import image_region_phenotypes, score_loci
+    from udip_assets.genetics.clump import ClumpConfig
+    from udip_assets.genetics.gwas import GwasConfig
+
+    measured = image_region_phenotypes(spec.truth.with_name("truth_image_volumes.tsv"), planted)
+    phenotypes = measured.reindex(sample.phenotypes.index)
+    control = GwasSample(phenotypes=phenotypes, covariates=sample.covariates, n_excluded=sample.n_excluded)
+    loci, _ = loci_of_sample(control, spec.genotypes, GwasConfig(), ClumpConfig(),
+                             ld_method="haplotype")
     score = score_loci(loci, planted)
-    click.echo(f"control (true region volumes of the same {len(volumes)} subjects, {volumes.shape[1]} phenotypes, "
-               f"same covariates and thresholds): {len(loci)} loci, recall {score.n_found_detectable}/"
-               f"{score.n_detectable} ({_percent(score.recall)}), precision {score.n_true_loci}/{score.n_loci}")
+    click.echo(f"control (the planted phenotypes measured in the images of the same {len(phenotypes)} subjects, "
+               f"{phenotypes.shape[1]} phenotypes, same covariates and thresholds): {len(loci)} loci, recall "
+               f"{score.n_found_detectable}/{score.n_detectable} ({_percent(score.recall)}), precision "
+               f"{score.n_true_loci}/{score.n_loci}")
 
 
 def _percent(fraction: float) -> str:

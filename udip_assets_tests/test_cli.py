@@ -33,3 +33,32 @@ def test_sql_is_read_only(ingested):
 def test_sql_without_a_warehouse_says_how_to_make_one(tmp_path):
     out = CliRunner().invoke(main, ["sql", "--db", str(tmp_path / "none.duckdb"), "select 1"])
     assert out.exit_code != 0 and "make demo" in out.output
+
+
+def test_materialize_knobs_become_run_config():
+    import json
+
+    import click
+    import pytest
+
+    from udip_assets.cli import knob_run_config
+
+    assert knob_run_config(None, None, None, None, None) == {}
+    config = knob_run_config(120, 40, "demo", 45, '{"enc_depth": 8}')
+    assert config["ops"]["subjects"] == {"config": {"train_count": 120, "val_count": 40}}
+    model = config["ops"]["vit_ae_model"]["config"]
+    assert model["preset"] == "demo" and json.loads(model["overrides_json"]) == {"enc_depth": 8, "epochs": 45}
+    assert knob_run_config(None, None, None, None, None, 15) == {
+        "ops": {"checkpoint_loci_sweep": {"config": {"every_epochs": 15}}}}
+    with pytest.raises(click.ClickException, match="--overrides is not valid JSON"):
+        knob_run_config(None, None, None, None, "{enc_depth: 8}")
+    with pytest.raises(click.ClickException, match="must be a JSON object"):
+        knob_run_config(None, None, None, None, "[1]")
+
+
+def test_materialize_refuses_val_count_without_train_count(tmp_path, monkeypatch):
+    monkeypatch.setenv("UDIP_HOME", str(tmp_path))
+    (tmp_path / "cohorts" / "knobs").mkdir(parents=True)
+    (tmp_path / "cohorts" / "knobs" / "cohort.yaml").write_text("name: knobs\n")
+    out = CliRunner().invoke(main, ["materialize", "--cohort", "knobs", "--val-count", "5"])
+    assert out.exit_code != 0 and "--val-count needs --train-count" in out.output

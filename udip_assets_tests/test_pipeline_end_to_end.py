@@ -2,8 +2,11 @@
 
 ingest -> train (a narrow 2-epoch model) -> loci sweep over its checkpoints -> UDIPs -> GWAS per
 chromosome -> minP -> FUMA loci -> annotations -> dbt build (its tests run as asset checks).
-The model is far too small to find the planted loci; recall is measured by ``make demo``. Here
-every table, file and tracking record must exist and agree with each other.
+The model is tiny (two layers, 32 dims, four epochs), yet two strong planted loci (ventricle and
+cerebellum volume, 45 % of each one's variation) are visible in the images of ~270 GWAS subjects: the
+loci must find at least one of them and nothing else.
+The demo's full recall is measured by ``make demo``. Every table, file and tracking record must exist
+and agree with each other.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from udip_assets.store.schema import UDIP_COLUMNS
 from udip_assets.store.warehouse import read_frame
 from udip_assets_tests.conftest import tiny_config
 
-MODEL = {"enc_dim": 32, "enc_heads": 4, "enc_depth": 1, "dec_dim": 16, "dec_heads": 2, "dec_depth": 1,
-         "epochs": 2, "checkpoint_every": 1, "batch_size": 4}
+MODEL = {"enc_dim": 32, "enc_heads": 4, "enc_depth": 2, "dec_dim": 16, "dec_heads": 2, "dec_depth": 1,
+         "epochs": 4, "checkpoint_every": 2, "batch_size": 4}
 RUN_CONFIG = {"ops": {
-    "subjects": {"config": {"train_fraction": 0.3, "val_fraction": 0.1}},
+    "subjects": {"config": {"train_count": 30, "val_count": 10}},
     "vit_ae_model": {"config": {"preset": "demo", "overrides_json": json.dumps(MODEL), "device": "cpu"}},
-    "checkpoint_loci_sweep": {"config": {"every_epochs": 1, "device": "cpu", "patience_epochs": 1}},
+    "checkpoint_loci_sweep": {"config": {"every_epochs": 2, "device": "cpu", "patience_epochs": 2}},
     "udip_embeddings": {"config": {"device": "cpu"}},
 }}
 
@@ -38,8 +41,9 @@ def pipeline(udip_home):
     from udip_assets.cohort.synth_build import generate_cohort
     from udip_assets.defs.run import materialize_cohort
 
-    cfg = replace(tiny_config(name="e2e", seed=5, with_faults=False, n_subjects=90),
-                  effects=(PlantedEffect("ventricles", variance_explained=0.45),))
+    cfg = replace(tiny_config(name="e2e", seed=5, with_faults=False, n_subjects=400),
+                  effects=(PlantedEffect("ventricles", variance_explained=0.45),
+                           PlantedEffect("cerebellum", variance_explained=0.45)))
     generate_cohort(cfg, udip_home / "cohorts" / "e2e", progress=False)
     instance = dg.DagsterInstance.ephemeral()
     result = materialize_cohort("e2e", run_config=RUN_CONFIG, instance=instance)
@@ -60,7 +64,7 @@ def test_stages_ran_in_order(pipeline):
 def test_training_tables_and_selection(pipeline):
     db, _, _ = pipeline
     epochs = read_frame(db, "SELECT * FROM training_epochs WHERE cohort = 'e2e' ORDER BY epoch")
-    assert epochs["epoch"].tolist() == [1, 2] and epochs["val_loss"].notna().all()
+    assert epochs["epoch"].tolist() == [1, 2, 3, 4] and epochs["val_loss"].notna().all()
     ck = read_frame(db, "SELECT * FROM checkpoints WHERE cohort = 'e2e' ORDER BY epoch")
     assert ck["loci_count"].notna().all() and ck["selected"].sum() == 1
     chosen = ck.loc[ck["selected"], "model_id"].item()
@@ -97,6 +101,28 @@ def test_genome_wide_lambda_gc_is_the_median_chi2_of_every_test(pipeline, udip_h
     np.testing.assert_allclose(saved["lambda_gc"], expected, rtol=2e-3)
 
 
+def test_loci_are_found_and_are_the_planted_ones(pipeline, udip_home):
+    """Both methods' loci: the planted ventricle SNP is inside a locus, and every locus is near it."""
+    from udip_assets.cohort.truth_check import load_truth, score_loci
+
+    db, _, _ = pipeline
+    model_id = _one(db, "SELECT model_id FROM checkpoints WHERE cohort = 'e2e' AND selected")
+    truth = load_truth(udip_home / "cohorts" / "e2e" / "truth.json")
+    loci = read_frame(db, f"SELECT * FROM genomic_risk_loci WHERE cohort = 'e2e' AND model_id = '{model_id}'")
+    assert set(loci["method"]) <= {"minp", "multivariate"}
+    scores = {m: score_loci(loci[loci["method"] == m], truth) for m in ("minp", "multivariate")}
+    assert max(s.n_found_any for s in scores.values()) >= 1, {m: s.n_loci for m, s in scores.items()}
+    for method, score in scores.items():
+        assert score.n_true_loci == score.n_loci, (method, loci)
+    joint = read_frame(db, f"SELECT * FROM multivariate WHERE cohort = 'e2e' AND model_id = '{model_id}'")
+    assert len(joint) == _one(db, f"SELECT count(*) FROM minp WHERE cohort = 'e2e' AND model_id = '{model_id}'")
+    assert (joint["df1"] <= 32).all() and joint["p"].between(0, 1).all()
+    spectrum = read_frame(db, f"SELECT * FROM udip_spectrum WHERE cohort = 'e2e' AND model_id = '{model_id}'")
+    assert len(spectrum) == 1 and spectrum["n_dims"].item() == 32
+    assert 1 <= spectrum["participation_ratio"].item() <= 32
+    assert 1 <= spectrum["n_pcs_90"].item() <= spectrum["n_pcs_99"].item() <= 32
+
+
 def test_loci_files_and_dbt_models(pipeline, udip_home):
     db, instance, result = pipeline
     assert list(udip_home.glob("artifacts/loci/e2e/*/GenomicRiskLoci.txt"))
@@ -116,7 +142,7 @@ def test_mlflow_store_holds_the_run(pipeline, udip_home):
     assert len(runs) == 1
     run = runs[0]
     assert run.data.params["model.enc_dim"] == "32" and run.data.tags["preset"] == "demo"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2, 3, 4]
     assert len(client.get_metric_history(run.info.run_id, "n_loci")) == 2
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "reconstruction.png" in names and "checkpoints" in names
@@ -150,8 +176,11 @@ def test_truth_scores_the_loci_and_runs_the_control_on_the_gwas_subjects(pipelin
                       "AND split = 'inference'")
     out = CliRunner().invoke(main, ["truth", "--cohort", "e2e", "--control"])
     assert out.exit_code == 0, out.output
-    assert f"model {model_id}:" in out.output and "rs11005563134" in out.output
-    assert re.search(r"^recall \d+/1 detectable planted loci", out.output, flags=re.M)
-    # the control tests the true volumes of exactly the UDIP GWAS subjects (too few here to find anything:
-    # the demo's 1,000 find all 8 detectable loci)
-    assert re.search(rf"control \(true region volumes of the same {n_gwas} subjects, 1 phenotypes", out.output)
+    assert f"model {model_id}: GWAS of {n_gwas} subjects x 32 UDIP dims" in out.output
+    assert re.search(r"^minp: recall \d+/\d+ detectable planted loci", out.output, flags=re.M)
+    assert re.search(r"^multivariate: recall \d+/\d+ detectable planted loci", out.output, flags=re.M)
+    assert re.search(r"^vol_ventricles\s+\d+\s+-?\d\.\d\d\s+udip_\d{3}", out.output, flags=re.M)
+    assert "UDIP effective rank: participation ratio" in out.output
+    # the control tests the image-measured phenotype of exactly the UDIP GWAS subjects and finds the locus
+    assert re.search(rf"control \(the planted phenotypes measured in the images of the same {n_gwas} subjects, "
+                     r"2 phenotypes.*recall 2/2", out.output)

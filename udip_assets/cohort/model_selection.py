@@ -16,7 +16,7 @@ for the final GWAS) removes that bias: the final GWAS then tests a model chosen 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -83,8 +83,10 @@ def loci_of_sample(sample: GwasSample, genotypes: Path, gwas_cfg: GwasConfig, cl
                    ld_method: str = "haplotype") -> tuple[pd.DataFrame, int]:
     """GWAS of every chromosome of ``genotypes`` on ``sample``, then FUMA clumping: (loci, n significant SNPs).
 
-    Nothing is written: the minP of each chromosome is kept in memory (one row per SNP).
+    Nothing is written: the minP of each chromosome is kept in memory (one row per SNP). The loci are
+    the minP ones (the paper's count), so the joint test is not computed.
     """
+    gwas_cfg = replace(gwas_cfg, multivariate=False)
     chroms = read_bim(genotypes.with_name(genotypes.name + ".bim"))["chrom"].astype(str).unique()
     iids = list(sample.phenotypes.index)
     minp = []

@@ -24,7 +24,7 @@ from udip_assets.genetics.design import PAPER_CATEGORICAL, PAPER_NUMERIC, Covari
 from udip_assets.genetics.genotype_stream import PlinkSource
 from udip_assets.genetics.gwas import GwasConfig, fuma_minp_table, lambda_from_histogram, scan_associations
 from udip_assets.genetics.plink import read_bim
-from udip_assets.store.schema import GWAS_HITS, MINP
+from udip_assets.store.schema import GWAS_HITS, MINP, MULTIVARIATE
 from udip_assets.store.warehouse import connect
 
 
@@ -39,6 +39,8 @@ class GwasAssetConfig(dg.Config):
     chunk_variants: int = GwasConfig().chunk_variants
     dtype: str = GwasConfig().dtype
     keep_p: float = GwasConfig().keep_p
+    multivariate: bool = GwasConfig().multivariate
+    inverse_normal: bool = GwasConfig().inverse_normal
     split: str = "inference"
 
     def covariate_spec(self) -> CovariateSpec:
@@ -46,7 +48,8 @@ class GwasAssetConfig(dg.Config):
 
     def to_domain(self) -> GwasConfig:
         return GwasConfig(missing=self.missing, maf_min=self.maf_min, call_rate_min=self.call_rate_min,
-                          chunk_variants=self.chunk_variants, dtype=self.dtype, keep_p=self.keep_p)
+                          chunk_variants=self.chunk_variants, dtype=self.dtype, keep_p=self.keep_p,
+                          multivariate=self.multivariate, inverse_normal=self.inverse_normal)
 
 
 def gwas_dir(home: UdipHome, cohort: str, model_id: str, chrom: str) -> Path:
@@ -71,8 +74,9 @@ def gwas_sumstats(context: dg.AssetExecutionContext, config: GwasAssetConfig, ho
     source = PlinkSource(spec.genotypes, sample_iids=list(sample.phenotypes.index), chrom=chrom)
     result = scan_associations(source, sample.phenotypes, sample.covariates, config.to_domain(),
                                sumstats_path=out / "sumstats.parquet")
-    result.minp.to_parquet(out / "minp.parquet.tmp", index=False)
-    (out / "minp.parquet.tmp").replace(out / "minp.parquet")
+    for name, table in (("minp", result.minp), ("multivariate", result.multivariate)):
+        table.to_parquet(out / f"{name}.parquet.tmp", index=False)
+        (out / f"{name}.parquet.tmp").replace(out / f"{name}.parquet")
     # the |t| histogram per dim: minp_sumstats sums the chromosomes' for a genome-wide lambda GC
     with open(out / "t_histogram.npz.tmp", "wb") as fh:
         np.savez_compressed(fh, t_histogram=result.t_histogram, df_ref=result.df_ref)
@@ -96,6 +100,43 @@ def _register_sumstats_view(home: UdipHome) -> None:
     with connect(home.warehouse_path()) as con:
         con.execute("CREATE OR REPLACE VIEW gwas_sumstats AS SELECT * FROM "
                     f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)")
+
+
+class MultivariateConfig(dg.Config):
+    """Genome-wide significance of the joint test of all dims (one test per SNP: 5e-8)."""
+
+    sig_p: float = 5e-8
+
+
+@dg.asset(partitions_def=cohort_partitions, group_name="gwas", kinds={"duckdb"},
+          deps=[dg.AssetDep("gwas_sumstats", partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
+              partition_dimension_name="cohort"))])
+def multivariate_sumstats(context: dg.AssetExecutionContext, config: MultivariateConfig,
+                          home: UdipHome) -> dg.MaterializeResult:
+    """The exact joint F-test of all UDIP dims per SNP (MOSTest's question), all chromosomes of the cohort."""
+    cohort = context.partition_key
+    model_id = latest_model_id(context, "udip_embeddings", cohort)
+    base = home.root() / "artifacts" / "gwas" / f"cohort={cohort}" / f"model_id={model_id}"
+    files = sorted(base.glob("chrom=*/multivariate.parquet"))
+    if not files:
+        raise dg.Failure(f"no multivariate results under {base}; materialize gwas_sumstats for cohort {cohort} "
+                         "(with the joint test on, the default) first")
+    table = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    table["chrom"] = table["chrom"].astype(str)
+    table["significant"] = table["p"] <= config.sig_p
+    home.write(MULTIVARIATE, table.assign(cohort=cohort, model_id=model_id), cohort=cohort, model_id=model_id)
+    out = home.artifacts("gwas_reports", cohort, model_id)
+    tsv = write_tsv_atomic(table.drop(columns=["significant"]), out / "multivariate.tsv")
+    from udip_assets.genetics.gwas_plots import manhattan_figure
+
+    manhattan_figure(table.assign(dim=0), out / "manhattan_multivariate.png", sig_p=config.sig_p, n_dims=1,
+                     title=f"joint test of all UDIP dims, cohort {cohort}")
+    return dg.MaterializeResult(metadata={
+        "model_id": model_id, "n_snps": len(table), "n_significant": int(table["significant"].sum()),
+        "df1": int(table["df1"].max()) if len(table) else 0, "sig_p": config.sig_p,
+        "min_p": float(table["p"].min()) if len(table) else float("nan"),
+        "manhattan": dg.MetadataValue.path(str(out / "manhattan_multivariate.png")),
+        "table": dg.MetadataValue.path(str(tsv))})
 
 
 class MinpConfig(dg.Config):
@@ -164,4 +205,4 @@ def cohort_chromosomes(home: UdipHome, cohort: str) -> list[str]:
     return [c for c in chrom_partitions.get_partition_keys() if c in present]
 
 
-gwas_assets = [gwas_sumstats, minp_sumstats]
+gwas_assets = [gwas_sumstats, minp_sumstats, multivariate_sumstats]

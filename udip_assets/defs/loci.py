@@ -11,20 +11,16 @@ import dagster as dg
 import pandas as pd
 
 from udip_assets.cohort.spec import load_cohort
-from udip_assets.cohort.truth_check import load_truth, score_loci
 from udip_assets.defs.partitions import cohort_partitions
 from udip_assets.defs.resources import UdipHome, latest_model_id
-from udip_assets.genetics.annotations import (
-    read_gene_table,
-    read_gwas_catalog,
-    read_reference_loci,
-    reference_loci_from_truth,
-)
+from udip_assets.genetics.annotations import read_gene_table, read_gwas_catalog, read_reference_loci
 from udip_assets.genetics.clump import ClumpConfig, clump_loci, write_fuma_loci
 from udip_assets.genetics.ld import LDCalculator
 from udip_assets.store.schema import GENES, GENOMIC_RISK_LOCI, GWAS_CATALOG, IND_SIG_SNPS, LEAD_SNPS, REFERENCE_LOCI
 
 MINP_KEY = dg.AssetKey("minp_sumstats")
+MULTIVARIATE_KEY = dg.AssetKey("multivariate_sumstats")
+METHODS = ("minp", "multivariate")
 
 
 class LociConfig(dg.Config):
@@ -38,11 +34,14 @@ class LociConfig(dg.Config):
     r2_lead: float = ClumpConfig().r2_lead
     merge_distance_bp: int = ClumpConfig().merge_distance_bp
     window_bp: int = ClumpConfig().window_bp
+    multivariate_sig_p: float = 5e-8
     ld_method: str = "haplotype"
     ld_reference: str | None = None
 
-    def to_domain(self) -> ClumpConfig:
-        return ClumpConfig(sig_p=self.sig_p, min_maf=self.min_maf, exclude_mhc=self.exclude_mhc,
+    def to_domain(self, method: str = "minp") -> ClumpConfig:
+        """The clumping rules of one method: only the significance threshold differs."""
+        sig_p = self.multivariate_sig_p if method == "multivariate" else self.sig_p
+        return ClumpConfig(sig_p=sig_p, min_maf=self.min_maf, exclude_mhc=self.exclude_mhc,
                            r2_ind=self.r2_ind, candidate_p=self.candidate_p, r2_lead=self.r2_lead,
                            merge_distance_bp=self.merge_distance_bp, window_bp=self.window_bp)
 
@@ -56,58 +55,65 @@ def _gwas_sample_ids(home: UdipHome, cohort: str, model_id: str) -> list[str] | 
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec("genomic_risk_loci", deps=[MINP_KEY], kinds={"duckdb"},
-                     description="One row per genomic risk locus (FUMA GenomicRiskLoci.txt columns)."),
-        dg.AssetSpec("lead_snps", deps=[MINP_KEY], kinds={"duckdb"},
-                     description="One row per lead SNP (FUMA leadSNPs.txt)."),
-        dg.AssetSpec("ind_sig_snps", deps=[MINP_KEY], kinds={"duckdb"},
-                     description="One row per independent significant SNP (FUMA IndSigSNPs.txt)."),
+        dg.AssetSpec("genomic_risk_loci", deps=[MINP_KEY, MULTIVARIATE_KEY], kinds={"duckdb"},
+                     description="One row per genomic risk locus and method (FUMA GenomicRiskLoci.txt columns)."),
+        dg.AssetSpec("lead_snps", deps=[MINP_KEY, MULTIVARIATE_KEY], kinds={"duckdb"},
+                     description="One row per lead SNP and method (FUMA leadSNPs.txt)."),
+        dg.AssetSpec("ind_sig_snps", deps=[MINP_KEY, MULTIVARIATE_KEY], kinds={"duckdb"},
+                     description="One row per independent significant SNP and method (FUMA IndSigSNPs.txt)."),
     ],
     partitions_def=cohort_partitions,
     group_name="loci",
 )
 def genomic_risk_loci(context: dg.AssetExecutionContext, config: LociConfig, home: UdipHome):
-    """FUMA SNP2GENE clumping of the cohort's minP table, LD from the cohort's own genotypes (or a panel)."""
+    """FUMA SNP2GENE clumping of the minP table and of the joint test, LD from the cohort's genotypes (or a panel)."""
     cohort = context.partition_key
     spec = load_cohort(home.cohort_dir(cohort))
     model_id = latest_model_id(context, "minp_sumstats", cohort)
     minp = home.query("SELECT snp, chrom, pos_bp, a1, a2, p, dim, beta, se, maf FROM minp "
                       "WHERE cohort = ? AND model_id = ?", [cohort, model_id])
+    joint = home.query("SELECT v.snp, v.chrom, v.pos_bp, v.a1, v.a2, v.p, -1 AS dim, NULL::DOUBLE AS beta, "
+                       "NULL::DOUBLE AS se, m.maf FROM multivariate v JOIN minp m USING (cohort, model_id, snp) "
+                       "WHERE v.cohort = ? AND v.model_id = ?", [cohort, model_id])
     prefix = config.ld_reference or spec.genotypes
     samples = None if config.ld_reference else _gwas_sample_ids(home, cohort, model_id)
     started = time.perf_counter()
     ld = LDCalculator(prefix, sample_iids=samples, method=config.ld_method, window_bp=config.window_bp)
-    result = clump_loci(minp, ld, config.to_domain())
+    results = {"minp": clump_loci(minp, ld, config.to_domain("minp"))}
+    if len(joint):
+        results["multivariate"] = clump_loci(joint, ld, config.to_domain("multivariate"))
     seconds = time.perf_counter() - started
     part = {"cohort": cohort, "model_id": model_id}
-    home.write(GENOMIC_RISK_LOCI, result.loci.assign(**part, chr=result.loci["chr"].astype(str)), **part)
-    home.write(LEAD_SNPS, result.lead_snps.assign(**part, chr=result.lead_snps["chr"].astype(str)), **part)
-    home.write(IND_SIG_SNPS, result.ind_sig_snps.assign(**part, chr=result.ind_sig_snps["chr"].astype(str)), **part)
+    tables = {"genomic_risk_loci": (GENOMIC_RISK_LOCI, "loci"), "lead_snps": (LEAD_SNPS, "lead_snps"),
+              "ind_sig_snps": (IND_SIG_SNPS, "ind_sig_snps")}
+    for table, attr in tables.values():
+        parts = [_method_rows(getattr(r, attr), method) for method, r in results.items()]
+        rows = pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
+        home.write(table, rows.assign(**part, chr=rows["chr"].astype(str)), **part)
     out_dir = home.artifacts("loci", cohort, model_id)
-    fuma = write_fuma_loci(result.loci, out_dir / "GenomicRiskLoci.txt")
-    truth_meta = _truth_metadata(context, spec, result.loci)
+    fuma = write_fuma_loci(results["minp"].loci, out_dir / "GenomicRiskLoci.txt")
+    if "multivariate" in results:
+        write_fuma_loci(results["multivariate"].loci, out_dir / "GenomicRiskLoci_multivariate.txt")
+    counts = {f"n_loci_{m}": len(r.loci) for m, r in results.items()}
     common = {"model_id": model_id, "cohort": cohort}
     yield dg.MaterializeResult(asset_key="genomic_risk_loci", metadata={
-        **common, "n_loci": len(result.loci), "n_snps_in_minp": len(minp), "seconds": round(seconds, 2),
-        "fuma_file": dg.MetadataValue.path(str(fuma)), "n_sig_not_in_ld_panel": len(result.not_in_panel),
-        "ld": f"{config.ld_method} r2 from {prefix}", **truth_meta,
+        **common, **counts, "n_loci": len(results["minp"].loci), "n_snps_in_minp": len(minp),
+        "seconds": round(seconds, 2), "fuma_file": dg.MetadataValue.path(str(fuma)),
+        "n_sig_not_in_ld_panel": len(results["minp"].not_in_panel), "ld": f"{config.ld_method} r2 from {prefix}",
         "config": dg.MetadataValue.json(config.model_dump())})
-    yield dg.MaterializeResult(asset_key="lead_snps", metadata={**common, "n_lead_snps": len(result.lead_snps)})
-    yield dg.MaterializeResult(asset_key="ind_sig_snps",
-                               metadata={**common, "n_ind_sig_snps": len(result.ind_sig_snps)})
+    for key, (_, attr) in list(tables.items())[1:]:
+        yield dg.MaterializeResult(asset_key=key, metadata={
+            **common, **{f"n_{attr}_{m}": len(getattr(r, attr)) for m, r in results.items()}})
 
 
-def _truth_metadata(context: dg.AssetExecutionContext, spec, loci: pd.DataFrame) -> dict:
-    """Synthetic cohorts: recall of the detectable planted loci and precision of the loci found."""
-    if spec.truth is None:
-        return {}
-    score = score_loci(loci, load_truth(spec.truth))
-    context.log.info(f"planted loci: recall {score.n_found_detectable}/{score.n_detectable} detectable "
-                     f"({score.recall:.0%}); precision {score.n_true_loci}/{score.n_loci} loci near a planted SNP; "
-                     f"missed {list(score.missed)}")
-    return {"truth_recall": score.recall, "truth_precision": score.precision,
-            "truth_found": dg.MetadataValue.json(list(score.found)),
-            "truth_missed": dg.MetadataValue.json(list(score.missed))}
+def _method_rows(rows: pd.DataFrame, method: str) -> pd.DataFrame:
+    """Tag clumping output with its method; the joint test's rows have no single dim."""
+    rows = rows.assign(method=method)
+    if method == "multivariate":
+        rows["dim"] = pd.array([pd.NA] * len(rows), dtype="Int64")
+        if "dims" in rows.columns:
+            rows["dims"] = ""
+    return rows
 
 
 @dg.multi_asset(
@@ -128,8 +134,6 @@ def gene_annotations(context: dg.AssetExecutionContext, home: UdipHome):
     genes = read_gene_table(spec.genes) if spec.genes else pd.DataFrame(columns=list(GENES.column_names))
     if spec.reference_loci:
         refs = read_reference_loci(spec.reference_loci)
-    elif spec.truth:
-        refs = reference_loci_from_truth(load_truth(spec.truth))
     else:
         refs = pd.DataFrame(columns=["source", "snp", "chrom", "pos_bp", "trait"])
     catalog = read_gwas_catalog(spec.gwas_catalog) if spec.gwas_catalog else pd.DataFrame(columns=["row_id"])

@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -18,12 +19,12 @@ import pandas as pd
 from udip_assets.defs.partitions import cohort_partitions
 from udip_assets.defs.resources import UdipHome, latest_model_id
 from udip_assets.defs.tracking import MlflowTracking
-from udip_assets.interpret.qc import extreme_outliers, loss_figure, udip_violin_figure
+from udip_assets.interpret.qc import effective_rank, extreme_outliers, loss_figure, udip_violin_figure
 from udip_assets.model.checkpoint import epoch_checkpoint_name, load_checkpoint, model_id_for
 from udip_assets.model.config import preset
 from udip_assets.model.extract import extract_udips, reconstruction_figure
 from udip_assets.model.train import TrainCallback, train_model
-from udip_assets.store.schema import CHECKPOINTS, TRAINING_EPOCHS, UDIP_COLUMNS, UDIPS
+from udip_assets.store.schema import CHECKPOINTS, TRAINING_EPOCHS, UDIP_COLUMNS, UDIP_SPECTRUM, UDIPS
 
 
 class ModelAssetConfig(dg.Config):
@@ -216,16 +217,21 @@ def udip_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, 
 
 @dg.asset(partitions_def=cohort_partitions, group_name="model", deps=[udip_embeddings], kinds={"duckdb"})
 def reconstruction_qc(context: dg.AssetExecutionContext, home: UdipHome) -> dg.MaterializeResult:
-    """Per-scan reconstruction loss: distribution, 3-IQR extreme outliers (with subjects), UDIP violins."""
+    """Reconstruction loss (3-IQR extreme outliers, figures), UDIP violins, UDIP spread (``udip_spectrum``)."""
     cohort = context.partition_key
     model_id = latest_model_id(context, "udip_embeddings", cohort)
     udips = home.query("SELECT * FROM udips WHERE cohort = ? AND model_id = ? ORDER BY subject_id", [cohort, model_id])
     losses = udips.set_index("subject_id")["recon_loss"]
     summary, is_outlier = extreme_outliers(losses)
+    # A model with enc_dim < 128 leaves the remaining udip_* columns NULL: they are not dimensions.
+    matrix = udips[[c for c in UDIP_COLUMNS if c in udips.columns and udips[c].notna().any()]].to_numpy("float64")
+    spectrum = effective_rank(matrix)
+    home.write(UDIP_SPECTRUM, pd.DataFrame([{**asdict(spectrum), "explained": json.dumps(list(spectrum.explained)),
+                                             "computed_at": datetime.now(UTC).replace(tzinfo=None)}]),
+               cohort=cohort, model_id=model_id)
     out = home.artifacts("qc", cohort, model_id)
     loss_png = loss_figure(losses, summary, out / "reconstruction_loss.png")
-    violin_png = udip_violin_figure(udips[[c for c in UDIP_COLUMNS if c in udips.columns]].to_numpy(),
-                                    out / "udip_violins.png")
+    violin_png = udip_violin_figure(matrix, out / "udip_violins.png")
     outliers = losses[is_outlier].sort_values(ascending=False)
     for sid, loss in outliers.items():
         context.log.warning(f"subject {sid}: reconstruction loss {loss:.4f} is an extreme outlier "
@@ -233,6 +239,8 @@ def reconstruction_qc(context: dg.AssetExecutionContext, home: UdipHome) -> dg.M
     return dg.MaterializeResult(metadata={
         "model_id": model_id, "n_subjects": summary.n_scans, "median_loss": summary.median,
         "q1": summary.q1, "q3": summary.q3, "n_extreme_outliers": summary.n_outliers,
+        "participation_ratio": spectrum.participation_ratio, "n_pcs_90": spectrum.n_pcs_90,
+        "n_pcs_99": spectrum.n_pcs_99, "pc1_fraction": spectrum.pc1_fraction,
         "outliers": dg.MetadataValue.json({str(k): float(v) for k, v in outliers.items()}),
         "loss_figure": dg.MetadataValue.path(str(loss_png)), "udip_violins": dg.MetadataValue.path(str(violin_png))})
 

@@ -45,7 +45,7 @@ def ensure_dagster_home(home: Path | None = None) -> Path:
 STAGES: tuple[tuple[str, str], ...] = (
     ("ingest + model", "group:ingest or group:model"),
     ("gwas", "key:gwas_sumstats"),
-    ("loci + annotations", "key:minp_sumstats or group:loci or group:annotations"),
+    ("loci + annotations", "key:minp_sumstats or key:multivariate_sumstats or group:loci or group:annotations"),
 )
 
 

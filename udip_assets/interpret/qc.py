@@ -5,6 +5,10 @@ Notes
 Extreme outliers follow the paper (Supplementary Note 3): a scan is an extreme outlier when its
 reconstruction loss lies below Q1 - 3 IQR or above Q3 + 3 IQR (Tukey's "far out" fences), with the
 quartiles from numpy's default linear interpolation.
+
+The UDIP spectrum (:func:`effective_rank`) says how many directions of the 128-d code carry the
+cohort's variation: a code whose variance sits in one or two principal components has lost most of
+what the image could tell a GWAS, however many dimensions it nominally has.
 """
 
 from __future__ import annotations
@@ -35,6 +39,73 @@ class LossSummary:
     lower_fence: float
     upper_fence: float
     n_outliers: int
+
+
+@dataclass(frozen=True)
+class UdipSpectrum:
+    """How the UDIPs' variance spreads over their principal components (see :func:`effective_rank`)."""
+
+    n_subjects: int
+    n_dims: int
+    participation_ratio: float
+    n_pcs_90: int
+    n_pcs_99: int
+    pc1_fraction: float
+    explained: tuple[float, ...]
+
+
+def effective_rank(udips: np.ndarray) -> UdipSpectrum:
+    """The spectrum of the UDIPs' covariance: participation ratio, PCs holding 90 % / 99 %, PC1's share.
+
+    Parameters
+    ----------
+    udips : (n_subjects, n_dims) array
+        One row per subject, one column per UDIP dimension; finite, at least 2 rows, not constant.
+
+    Returns
+    -------
+    UdipSpectrum
+        ``n_pcs_90`` / ``n_pcs_99`` are the smallest numbers of leading PCs whose variance is at least
+        90 % / 99 % of the total; ``explained`` holds the variance fractions of the first
+        ``min(16, n_dims)`` PCs, largest first.
+
+    Notes
+    -----
+    Columns are centred and the eigenvalues ``l`` of the sample covariance (ddof = 1) are computed in
+    float64 (``numpy.linalg.eigvalsh``; round-off negatives are clipped to 0). The participation
+    ratio ``(sum l)**2 / sum l**2`` is a continuous count of the directions that hold the variance:
+    1 when one direction holds everything, ``n_dims`` when the variance is isotropic (all
+    eigenvalues equal), and ``k`` when ``k`` directions share it equally. It depends only on the
+    covariance's spectrum, so it is unchanged by rotations of the code but not by rescaling single
+    dimensions. With ``n_subjects <= n_dims`` the covariance has rank at most ``n_subjects - 1``,
+    which bounds every count here.
+    """
+    x = np.asarray(udips, dtype=np.float64)
+    if x.ndim != 2:
+        raise UdipConfigError(f"udips must be a 2-D (n_subjects, n_dims) array, got shape {x.shape}; "
+                              "pass one row per subject")
+    if x.shape[0] < 2 or x.shape[1] < 1:
+        raise UdipConfigError(f"udips must have at least 2 rows (subjects) and 1 column, got shape {x.shape}; "
+                              "a spectrum needs a cohort")
+    if not np.isfinite(x).all():
+        raise UdipConfigError(f"udips must be finite, got {int((~np.isfinite(x)).sum())} NaN/inf values; "
+                              "drop the dimensions the model does not fill (all-NULL columns) or the bad rows")
+    centred = x - x.mean(axis=0)
+    eig = np.clip(np.linalg.eigvalsh(centred.T @ centred / (x.shape[0] - 1)), 0.0, None)[::-1]  # (n_dims,)
+    total = eig.sum()
+    if total <= 0:
+        raise UdipConfigError("udips must vary, got every dimension constant over subjects; "
+                              "the encoder output is collapsed, check the model before reading its UDIPs")
+    frac = eig / total
+    cum = np.cumsum(frac)
+
+    def n_pcs(q: float) -> int:  # tolerance: isotropic spectra sum to q only up to round-off
+        return int(min(np.searchsorted(cum, q - 1e-12) + 1, x.shape[1]))
+
+    return UdipSpectrum(n_subjects=int(x.shape[0]), n_dims=int(x.shape[1]),
+                        participation_ratio=float(total**2 / np.sum(eig**2)), n_pcs_90=n_pcs(0.90),
+                        n_pcs_99=n_pcs(0.99), pc1_fraction=float(frac[0]),
+                        explained=tuple(float(f) for f in frac[:16]))
 
 
 def extreme_outliers(losses: pd.Series, k: float = 3.0) -> tuple[LossSummary, pd.Series]:

@@ -77,6 +77,7 @@ SUBJECTS = Table(
         ("ethnicity", "INTEGER"),
         ("inv_cnr", "DOUBLE"),
         ("centre", "INTEGER"),
+        ("head_size_scaling", "DOUBLE"),
         ("has_genotypes", "BOOLEAN NOT NULL"),
         ("n_visits", "INTEGER NOT NULL"),
         ("kept", "BOOLEAN NOT NULL"),
@@ -167,6 +168,27 @@ UDIPS = Table(
     key=("cohort", "model_id", "subject_id"),
 )
 
+UDIP_SPECTRUM = Table(
+    name="udip_spectrum",
+    grain="one row per cohort x model_id: the spread of the UDIPs over their dimensions (participation "
+    "ratio, PCs holding 90 % / 99 % of the variance, PC1's share; explained = JSON list of the first 16 "
+    "PCs' variance fractions)",
+    columns=(
+        ("cohort", "VARCHAR NOT NULL"),
+        ("model_id", "VARCHAR NOT NULL"),
+        ("n_subjects", "INTEGER NOT NULL"),
+        ("n_dims", "INTEGER NOT NULL"),
+        ("participation_ratio", "DOUBLE"),
+        ("n_pcs_90", "INTEGER"),
+        ("n_pcs_99", "INTEGER"),
+        ("pc1_fraction", "DOUBLE"),
+        ("explained", "VARCHAR"),
+        ("computed_at", "TIMESTAMP"),
+    ),
+    partition_by=("cohort", "model_id"),
+    key=("cohort", "model_id"),
+)
+
 _SNP_COLUMNS = (("snp", "VARCHAR NOT NULL"), ("chrom", "VARCHAR NOT NULL"), ("pos_bp", "BIGINT NOT NULL"),
                 ("a1", "VARCHAR"), ("a2", "VARCHAR"))
 _STAT_COLUMNS = (("beta", "DOUBLE"), ("se", "DOUBLE"), ("t", "DOUBLE"), ("p", "DOUBLE"))
@@ -189,36 +211,46 @@ MINP = Table(
     partition_by=("cohort", "model_id"),
     key=("cohort", "model_id", "snp"),
 )
+MULTIVARIATE = Table(
+    name="multivariate",
+    grain="one row per SNP per cohort and model_id: the exact joint F-test of all UDIP dims (with covariates)",
+    columns=(("cohort", "VARCHAR NOT NULL"), ("model_id", "VARCHAR NOT NULL"), *_SNP_COLUMNS,
+             ("n", "INTEGER"), ("f", "DOUBLE"), ("df1", "INTEGER"), ("df2", "INTEGER"), ("p", "DOUBLE"),
+             ("significant", "BOOLEAN")),
+    partition_by=("cohort", "model_id"),
+    key=("cohort", "model_id", "snp"),
+)
 _FUMA_SNP = (("uniqID", "VARCHAR"), ("rsID", "VARCHAR NOT NULL"), ("chr", "VARCHAR NOT NULL"),
              ("pos", "BIGINT NOT NULL"), ("p", "DOUBLE"))
 GENOMIC_RISK_LOCI = Table(
     name="genomic_risk_loci",
-    grain="one row per genomic risk locus (FUMA GenomicRiskLoci.txt columns) per cohort and model_id, "
-    "plus the UDIP dim of its top SNP and every dim significant in it",
+    grain="one row per genomic risk locus (FUMA GenomicRiskLoci.txt columns) per cohort, model_id and method "
+    "(minp: clumped minimum p over the dims; multivariate: the joint test of all dims), plus the UDIP dim of "
+    "its top SNP and every dim significant in it (minp only)",
     columns=(("cohort", "VARCHAR NOT NULL"), ("model_id", "VARCHAR NOT NULL"), ("GenomicLocus", "INTEGER NOT NULL"),
              *_FUMA_SNP, ("start", "BIGINT"), ("end", "BIGINT"), ("nSNPs", "INTEGER"), ("nGWASSNPs", "INTEGER"),
              ("nIndSigSNPs", "INTEGER"), ("IndSigSNPs", "VARCHAR"), ("nLeadSNPs", "INTEGER"),
-             ("LeadSNPs", "VARCHAR"), ("dim", "INTEGER"), ("dims", "VARCHAR")),
+             ("LeadSNPs", "VARCHAR"), ("dim", "INTEGER"), ("dims", "VARCHAR"), ("method", "VARCHAR")),
     partition_by=("cohort", "model_id"),
-    key=("cohort", "model_id", "GenomicLocus"),
+    key=("cohort", "model_id", "method", "GenomicLocus"),
 )
 LEAD_SNPS = Table(
     name="lead_snps",
-    grain="one row per lead SNP (FUMA leadSNPs.txt columns) per cohort and model_id",
+    grain="one row per lead SNP (FUMA leadSNPs.txt columns) per cohort, model_id and method",
     columns=(("cohort", "VARCHAR NOT NULL"), ("model_id", "VARCHAR NOT NULL"), ("No", "INTEGER NOT NULL"),
              ("GenomicLocus", "INTEGER NOT NULL"), *_FUMA_SNP, ("nIndSigSNPs", "INTEGER"), ("IndSigSNPs", "VARCHAR"),
-             ("dim", "INTEGER")),
+             ("dim", "INTEGER"), ("method", "VARCHAR")),
     partition_by=("cohort", "model_id"),
-    key=("cohort", "model_id", "rsID"),
+    key=("cohort", "model_id", "method", "rsID"),
 )
 IND_SIG_SNPS = Table(
     name="ind_sig_snps",
-    grain="one row per independent significant SNP (FUMA IndSigSNPs.txt columns) per cohort and model_id",
+    grain="one row per independent significant SNP (FUMA IndSigSNPs.txt columns) per cohort, model_id and method",
     columns=(("cohort", "VARCHAR NOT NULL"), ("model_id", "VARCHAR NOT NULL"), ("No", "INTEGER NOT NULL"),
              ("GenomicLocus", "INTEGER NOT NULL"), *_FUMA_SNP, ("nSNPs", "INTEGER"), ("nGWASSNPs", "INTEGER"),
-             ("dim", "INTEGER"), ("start", "BIGINT"), ("end", "BIGINT")),
+             ("dim", "INTEGER"), ("start", "BIGINT"), ("end", "BIGINT"), ("method", "VARCHAR")),
     partition_by=("cohort", "model_id"),
-    key=("cohort", "model_id", "rsID"),
+    key=("cohort", "model_id", "method", "rsID"),
 )
 GENES = Table(
     name="genes",
@@ -248,6 +280,7 @@ GWAS_CATALOG = Table(
 )
 
 TABLES: dict[str, Table] = {
-    t.name: t for t in (SCANS, SUBJECTS, PREPROCESSED_SCANS, TRAINING_EPOCHS, CHECKPOINTS, UDIPS, GWAS_HITS, MINP,
-                        GENOMIC_RISK_LOCI, LEAD_SNPS, IND_SIG_SNPS, GENES, REFERENCE_LOCI, GWAS_CATALOG)
+    t.name: t for t in (SCANS, SUBJECTS, PREPROCESSED_SCANS, TRAINING_EPOCHS, CHECKPOINTS, UDIPS, UDIP_SPECTRUM,
+                        GWAS_HITS, MINP, MULTIVARIATE, GENOMIC_RISK_LOCI, LEAD_SNPS, IND_SIG_SNPS, GENES,
+                        REFERENCE_LOCI, GWAS_CATALOG)
 }

@@ -33,3 +33,58 @@ def test_figures_are_pngs(tmp_path):
     for path in (loss_figure(losses, summary, tmp_path / "loss.png"),
                  udip_violin_figure(rng.normal(size=(50, 128)), tmp_path / "violin.png")):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_effective_rank_of_a_rank_one_code_is_one():
+    from udip_assets.interpret.qc import effective_rank
+
+    rng = np.random.default_rng(2)
+    x = np.outer(rng.normal(size=500), rng.normal(size=32)) + 1e-4 * rng.normal(size=(500, 32))
+    spec = effective_rank(x)
+    assert spec.participation_ratio == pytest.approx(1.0, abs=1e-3)
+    assert spec.n_pcs_90 == 1 and spec.pc1_fraction > 0.999
+    assert (spec.n_subjects, spec.n_dims) == (500, 32) and len(spec.explained) == 16
+
+
+def test_effective_rank_of_isotropic_noise_is_close_to_n_dims():
+    from udip_assets.interpret.qc import effective_rank
+
+    d = 16
+    spec = effective_rank(np.random.default_rng(3).normal(size=(20_000, d)))
+    # Sampling spreads the eigenvalues (Marchenko-Pastur width ~ 2 sqrt(d/n)): ratio ~ d / (1 + d/n).
+    assert spec.participation_ratio == pytest.approx(d, rel=0.01)
+    assert spec.n_pcs_90 in (14, 15) and spec.n_pcs_99 == d
+    assert sum(spec.explained) == pytest.approx(1.0)
+
+
+def test_effective_rank_matches_eigvalsh_of_np_cov_on_a_diagonal_spectrum():
+    from udip_assets.interpret.qc import effective_rank
+
+    sd = np.array([4.0, 2.0, 1.0, 0.5, 0.25, 0.1])
+    x = np.random.default_rng(4).normal(size=(3_000, sd.size)) * sd + 7.0
+    lam = np.sort(np.linalg.eigvalsh(np.cov(x, rowvar=False)))[::-1]
+    frac = lam / lam.sum()
+    spec = effective_rank(x)
+    assert spec.participation_ratio == pytest.approx(lam.sum() ** 2 / (lam**2).sum(), rel=1e-10)
+    assert spec.explained == pytest.approx(tuple(frac), rel=1e-10) and len(spec.explained) == sd.size
+    assert spec.pc1_fraction == pytest.approx(frac[0], rel=1e-10)
+    assert spec.n_pcs_90 == int(np.argmax(np.cumsum(frac) >= 0.90)) + 1
+    assert spec.n_pcs_99 == int(np.argmax(np.cumsum(frac) >= 0.99)) + 1
+    # the population spectrum 16, 4, 1, ... : PC1 holds 16 / 21.33 = 75 %, two PCs 94 %, four 99.6 %
+    assert (spec.n_pcs_90, spec.n_pcs_99) == (2, 4)
+    assert spec.pc1_fraction == pytest.approx(16 / (sd**2).sum(), abs=0.02)
+
+
+@pytest.mark.parametrize("udips, message", [
+    (np.zeros(10), "2-D"),
+    (np.zeros((1, 8)), "at least 2 rows"),
+    (np.zeros((5, 0)), "at least 2 rows"),
+    (np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 0.0]]), "finite, got 1 NaN/inf"),
+    (np.ones((6, 3)), "udips must vary"),
+])
+def test_effective_rank_refuses_bad_input(udips, message):
+    from udip_assets.interpret.qc import effective_rank
+
+    with pytest.raises(UdipConfigError, match=message) as info:
+        effective_rank(udips)
+    assert "udips" in str(info.value)

@@ -2,7 +2,8 @@
 select
     cohort,
     model_id,
-    cohort || ':' || model_id || ':' || cast("GenomicLocus" as varchar) as locus_key,
+    cohort || ':' || model_id || ':' || coalesce(method, 'minp') || ':' || cast("GenomicLocus" as varchar) as locus_key,
+    coalesce(method, 'minp') as method,
     cast("GenomicLocus" as integer) as locus,
     "rsID" as top_snp,
     cast("chr" as varchar) as chrom,
