@@ -8,7 +8,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 export UDIP_HOME ?= $(CURDIR)/.udip
 
 DEMO_NAME     ?= demo
-DEMO_SUBJECTS ?= 2600
+DEMO_SUBJECTS ?= 2200
 DEMO_SEED     ?= 0
 # Training needs far fewer scans than the GWAS: a fixed 120 train / 40 val, the rest is the GWAS set.
 DEMO_TRAIN    ?= 120

@@ -232,14 +232,14 @@ def _truth_control(spec, sample, planted) -> None:
     from udip_assets.cohort.gwas_inputs import GwasSample
     from udip_assets.cohort.model_selection import loci_of_sample
     from udip_assets.cohort.truth_check import image_region_phenotypes, score_loci
-    from udip_assets.genetics.clump import ClumpConfig
+    from udip_assets.genetics.clump import ClumpConfig, genome_wide_threshold
     from udip_assets.genetics.gwas import GwasConfig
 
     measured = image_region_phenotypes(spec.truth.with_name("truth_image_volumes.tsv"), planted)
     phenotypes = measured.reindex(sample.phenotypes.index)
     control = GwasSample(phenotypes=phenotypes, covariates=sample.covariates, n_excluded=sample.n_excluded)
-    loci, _ = loci_of_sample(control, spec.genotypes, GwasConfig(), ClumpConfig(),
-                             ld_method="haplotype")
+    same_threshold = ClumpConfig(sig_p=genome_wide_threshold(sample.phenotypes.shape[1]))  # as the UDIP GWAS
+    loci, _ = loci_of_sample(control, spec.genotypes, GwasConfig(), same_threshold, ld_method="haplotype")
     score = score_loci(loci, planted)
     click.echo(f"control (the planted phenotypes measured in the images of the same {len(phenotypes)} subjects, "
                f"{phenotypes.shape[1]} phenotypes, same covariates and thresholds): {len(loci)} loci, recall "

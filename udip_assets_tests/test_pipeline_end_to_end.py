@@ -123,6 +123,22 @@ def test_loci_are_found_and_are_the_planted_ones(pipeline, udip_home):
     assert 1 <= spectrum["n_pcs_90"].item() <= spectrum["n_pcs_99"].item() <= 32
 
 
+def test_a_32_dim_model_is_thresholded_at_5e_8_over_32(pipeline):
+    """The number of dims comes from the model: minP significance, its loci and the sweep use 5e-8 / 32."""
+    import dagster as dg
+
+    db, instance, _ = pipeline
+    model_id = _one(db, "SELECT model_id FROM checkpoints WHERE cohort = 'e2e' AND selected")
+    minp = read_frame(db, f"SELECT p, significant FROM minp WHERE cohort = 'e2e' AND model_id = '{model_id}'")
+    assert (minp["significant"] == (minp["p"] <= 5e-8 / 32)).all()
+    meta = instance.get_latest_materialization_event(dg.AssetKey("minp_sumstats")).asset_materialization.metadata
+    assert meta["sig_p"].value == pytest.approx(5e-8 / 32) and meta["n_dims"].value == 32
+    loci_meta = instance.get_latest_materialization_event(dg.AssetKey("genomic_risk_loci")).asset_materialization
+    assert loci_meta.metadata["n_dims"].value == 32
+    n_sig = read_frame(db, f"SELECT n_significant_snps FROM checkpoints WHERE model_id = '{model_id}'").iloc[0, 0]
+    assert n_sig == int((minp["p"] <= 5e-8 / 32).sum())  # the sweep counted on the same UDIPs, same rule
+
+
 def test_loci_files_and_dbt_models(pipeline, udip_home):
     db, instance, result = pipeline
     assert list(udip_home.glob("artifacts/loci/e2e/*/GenomicRiskLoci.txt"))

@@ -20,6 +20,7 @@ from udip_assets.cohort.spec import load_cohort
 from udip_assets.defs.partitions import chrom_partitions, cohort_chrom_partitions, cohort_partitions
 from udip_assets.defs.resources import UdipHome, latest_model_id
 from udip_assets.genetics.annotations import write_tsv_atomic
+from udip_assets.genetics.clump import genome_wide_threshold
 from udip_assets.genetics.design import PAPER_CATEGORICAL, PAPER_NUMERIC, CovariateSpec
 from udip_assets.genetics.genotype_stream import PlinkSource
 from udip_assets.genetics.gwas import GwasConfig, fuma_minp_table, lambda_from_histogram, scan_associations
@@ -140,9 +141,9 @@ def multivariate_sumstats(context: dg.AssetExecutionContext, config: Multivariat
 
 
 class MinpConfig(dg.Config):
-    """Genome-wide significance of the minP (default 5e-8 / 128 UDIP dims)."""
+    """Genome-wide significance of the minP; None = 5e-8 / the number of UDIP dims tested."""
 
-    sig_p: float = 5e-8 / 128
+    sig_p: float | None = None
 
 
 @dg.asset(partitions_def=cohort_partitions, group_name="gwas", kinds={"duckdb"},
@@ -158,20 +159,21 @@ def minp_sumstats(context: dg.AssetExecutionContext, config: MinpConfig, home: U
         raise dg.Failure(f"no GWAS results under {base}; materialize gwas_sumstats for cohort {cohort} first")
     minp = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     minp["chrom"] = minp["chrom"].astype(str)
-    minp["significant"] = minp["p"] <= config.sig_p
+    lambdas = _lambda_gc(files)  # one per dim tested
+    sig_p = config.sig_p if config.sig_p is not None else genome_wide_threshold(len(lambdas))
+    minp["significant"] = minp["p"] <= sig_p
     home.write(MINP, minp.assign(cohort=cohort, model_id=model_id), cohort=cohort, model_id=model_id)
-    lambdas = _lambda_gc(files)
     out = home.artifacts("gwas_reports", cohort, model_id)
     from udip_assets.genetics.gwas_plots import manhattan_figure, qq_figure
 
     fuma = write_tsv_atomic(fuma_minp_table(minp), out / "minp_fuma.tsv")
-    manhattan_figure(minp, out / "manhattan.png", sig_p=config.sig_p, n_dims=len(lambdas))
+    manhattan_figure(minp, out / "manhattan.png", sig_p=sig_p, n_dims=len(lambdas))
     qq_figure(minp["p"].to_numpy(), out / "qq.png", min_of=len(lambdas),
               title=f"QQ of minP, Sidak-adjusted for {len(lambdas)} dims")
     (out / "lambda_gc.json").write_text(json.dumps({"lambda_gc": lambdas.tolist()}))
     return dg.MaterializeResult(metadata={
         "model_id": model_id, "n_snps": len(minp), "n_significant": int(minp["significant"].sum()),
-        "n_chromosomes": len(files), "sig_p": config.sig_p,
+        "n_chromosomes": len(files), "sig_p": sig_p, "n_dims": len(lambdas),
         "lambda_gc_min": float(np.nanmin(lambdas)), "lambda_gc_median": float(np.nanmedian(lambdas)),
         "lambda_gc_max": float(np.nanmax(lambdas)),
         "manhattan": dg.MetadataValue.path(str(out / "manhattan.png")),

@@ -14,9 +14,17 @@ from udip_assets.cohort.spec import load_cohort
 from udip_assets.defs.partitions import cohort_partitions
 from udip_assets.defs.resources import UdipHome, latest_model_id
 from udip_assets.genetics.annotations import read_gene_table, read_gwas_catalog, read_reference_loci
-from udip_assets.genetics.clump import ClumpConfig, clump_loci, write_fuma_loci
+from udip_assets.genetics.clump import ClumpConfig, clump_loci, genome_wide_threshold, write_fuma_loci
 from udip_assets.genetics.ld import LDCalculator
-from udip_assets.store.schema import GENES, GENOMIC_RISK_LOCI, GWAS_CATALOG, IND_SIG_SNPS, LEAD_SNPS, REFERENCE_LOCI
+from udip_assets.store.schema import (
+    GENES,
+    GENOMIC_RISK_LOCI,
+    GWAS_CATALOG,
+    IND_SIG_SNPS,
+    LEAD_SNPS,
+    REFERENCE_LOCI,
+    UDIP_COLUMNS,
+)
 
 MINP_KEY = dg.AssetKey("minp_sumstats")
 MULTIVARIATE_KEY = dg.AssetKey("multivariate_sumstats")
@@ -24,9 +32,12 @@ METHODS = ("minp", "multivariate")
 
 
 class LociConfig(dg.Config):
-    """Mirrors :class:`udip_assets.genetics.clump.ClumpConfig` (FUMA SNP2GENE's parameters)."""
+    """Mirrors :class:`udip_assets.genetics.clump.ClumpConfig` (FUMA SNP2GENE's parameters).
 
-    sig_p: float = ClumpConfig().sig_p
+    ``sig_p`` None = 5e-8 / the number of UDIP dims of the model (the minP's Bonferroni rule).
+    """
+
+    sig_p: float | None = None
     min_maf: float = ClumpConfig().min_maf
     exclude_mhc: bool = ClumpConfig().exclude_mhc
     r2_ind: float = ClumpConfig().r2_ind
@@ -38,9 +49,12 @@ class LociConfig(dg.Config):
     ld_method: str = "haplotype"
     ld_reference: str | None = None
 
-    def to_domain(self, method: str = "minp") -> ClumpConfig:
-        """The clumping rules of one method: only the significance threshold differs."""
-        sig_p = self.multivariate_sig_p if method == "multivariate" else self.sig_p
+    def to_domain(self, n_dims: int, method: str = "minp") -> ClumpConfig:
+        """The clumping rules of one method for a model of ``n_dims`` UDIPs: only the threshold differs."""
+        if method == "multivariate":
+            sig_p = self.multivariate_sig_p
+        else:
+            sig_p = self.sig_p if self.sig_p is not None else genome_wide_threshold(n_dims)
         return ClumpConfig(sig_p=sig_p, min_maf=self.min_maf, exclude_mhc=self.exclude_mhc,
                            r2_ind=self.r2_ind, candidate_p=self.candidate_p, r2_lead=self.r2_lead,
                            merge_distance_bp=self.merge_distance_bp, window_bp=self.window_bp)
@@ -51,6 +65,14 @@ def _gwas_sample_ids(home: UdipHome, cohort: str, model_id: str) -> list[str] | 
     ids = home.query("SELECT subject_id FROM udips WHERE cohort = ? AND model_id = ? AND split = 'inference'",
                      [cohort, model_id])["subject_id"].astype(str).tolist()
     return ids or None
+
+
+def n_model_dims(home: UdipHome, cohort: str, model_id: str) -> int:
+    """UDIP dims of ``model_id``: the ``udips`` columns it fills (a narrower model leaves the rest NULL)."""
+    row = home.query("SELECT * FROM udips WHERE cohort = ? AND model_id = ? LIMIT 1", [cohort, model_id])
+    if row.empty:
+        raise dg.Failure(f"no UDIPs of model {model_id} for cohort {cohort}; materialize udip_embeddings first")
+    return int(row[[c for c in UDIP_COLUMNS if c in row.columns]].notna().sum(axis=1).iloc[0])
 
 
 @dg.multi_asset(
@@ -79,9 +101,10 @@ def genomic_risk_loci(context: dg.AssetExecutionContext, config: LociConfig, hom
     samples = None if config.ld_reference else _gwas_sample_ids(home, cohort, model_id)
     started = time.perf_counter()
     ld = LDCalculator(prefix, sample_iids=samples, method=config.ld_method, window_bp=config.window_bp)
-    results = {"minp": clump_loci(minp, ld, config.to_domain("minp"))}
+    n_dims = n_model_dims(home, cohort, model_id)
+    results = {"minp": clump_loci(minp, ld, config.to_domain(n_dims, "minp"))}
     if len(joint):
-        results["multivariate"] = clump_loci(joint, ld, config.to_domain("multivariate"))
+        results["multivariate"] = clump_loci(joint, ld, config.to_domain(n_dims, "multivariate"))
     seconds = time.perf_counter() - started
     part = {"cohort": cohort, "model_id": model_id}
     tables = {"genomic_risk_loci": (GENOMIC_RISK_LOCI, "loci"), "lead_snps": (LEAD_SNPS, "lead_snps"),
@@ -97,7 +120,7 @@ def genomic_risk_loci(context: dg.AssetExecutionContext, config: LociConfig, hom
     counts = {f"n_loci_{m}": len(r.loci) for m, r in results.items()}
     common = {"model_id": model_id, "cohort": cohort}
     yield dg.MaterializeResult(asset_key="genomic_risk_loci", metadata={
-        **common, **counts, "n_loci": len(results["minp"].loci), "n_snps_in_minp": len(minp),
+        **common, **counts, "n_dims": n_dims, "n_loci": len(results["minp"].loci), "n_snps_in_minp": len(minp),
         "seconds": round(seconds, 2), "fuma_file": dg.MetadataValue.path(str(fuma)),
         "n_sig_not_in_ld_panel": len(results["minp"].not_in_panel), "ld": f"{config.ld_method} r2 from {prefix}",
         "config": dg.MetadataValue.json(config.model_dump())})

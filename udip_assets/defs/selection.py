@@ -61,7 +61,8 @@ def checkpoint_loci_sweep(context: dg.AssetExecutionContext, config: SweepConfig
         rows, _ = encode_scans(home, sel, row.model_id, row.path, scans, batch_size=config.batch_size,
                                device=resolve_device(config.device))
         sample = gwas_sample(subjects, rows, config.gwas.covariate_spec(), split=config.selection_split)
-        loci, n_sig = loci_of_sample(sample, spec.genotypes, config.gwas.to_domain(), config.loci.to_domain(),
+        clump = config.loci.to_domain(sample.phenotypes.shape[1])  # 5e-8 / this model's dims
+        loci, n_sig = loci_of_sample(sample, spec.genotypes, config.gwas.to_domain(), clump,
                                      ld_method=config.loci.ld_method)
         points.append(SweepPoint(int(row.epoch), row.model_id, len(loci), n_sig))
         context.log.info(f"{row.model_id}: {len(loci)} loci, {n_sig} significant SNPs "

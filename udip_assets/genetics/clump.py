@@ -29,8 +29,22 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from udip_assets.errors import GenotypeError, SummaryStatsError, require_field
+from udip_assets.errors import GenotypeError, SummaryStatsError, UdipConfigError, require_field
 from udip_assets.genetics.ld import LDCalculator
+
+GENOME_WIDE_P = 5e-8
+
+
+def genome_wide_threshold(n_dims: int, alpha: float = GENOME_WIDE_P) -> float:
+    """Genome-wide significance of a minP over ``n_dims`` phenotypes: ``alpha / n_dims`` (Bonferroni).
+
+    The one rule the pipeline, the checkpoint sweep and ``udip gwas`` share; the number of dims comes
+    from the model (the phenotype columns tested), never from a constant.
+    """
+    if not (isinstance(n_dims, int | np.integer) and n_dims >= 1):
+        raise UdipConfigError(f"n_dims must be a whole number >= 1, got {n_dims!r}")
+    return alpha / int(n_dims)
+
 
 MINP_COLUMNS = ("snp", "chrom", "pos_bp", "a1", "a2", "p", "dim", "beta", "se", "maf")
 FUMA_LOCI_COLUMNS = ("GenomicLocus", "uniqID", "rsID", "chr", "pos", "p", "start", "end", "nSNPs",

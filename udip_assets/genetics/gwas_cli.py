@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from udip_assets.errors import CovariateError, GenotypeError, SummaryStatsError, UdipConfigError
 from udip_assets.genetics.annotations import write_tsv_atomic
+from udip_assets.genetics.clump import genome_wide_threshold
 from udip_assets.genetics.design import CovariateSpec, design_matrix, read_plink2_table
 from udip_assets.genetics.genotype_stream import BgenSource, GenotypeSource, PlinkSource
 from udip_assets.genetics.gwas import (
@@ -35,7 +36,6 @@ from udip_assets.genetics.gwas import (
     scan_associations,
 )
 
-_PAPER_SIG_P = 5e-8  # genome-wide significance, divided by the number of phenotypes
 _DEFAULTS = GwasConfig()
 
 
@@ -154,7 +154,7 @@ def gwas_command(bfile, bgen, sample, bgen_a1, pheno, covar, out_dir, threshold,
         phenotypes = read_plink2_table(pheno)
         covariates = read_covariates(covar, phenotypes.index)
         out_dir.mkdir(parents=True, exist_ok=True)
-        sig = sig_p if sig_p is not None else _PAPER_SIG_P / max(phenotypes.shape[1], 1)
+        sig = sig_p if sig_p is not None else genome_wide_threshold(max(phenotypes.shape[1], 1))
         results = []
         with tqdm(total=source.n_variants, unit="SNP", unit_scale=True, desc="gwas") as bar:
             for chrom in source.chromosomes:

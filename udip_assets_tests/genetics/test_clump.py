@@ -288,3 +288,13 @@ def test_independent_snps_equal_plink_clump_index_snps(tmp_path, seed):
     assert set(res.ind_sig_snps["rsID"]) == plink_index
     assert res.lead_snps["nIndSigSNPs"].sum() >= len(res.lead_snps)
     assert set(res.loci["rsID"]) <= set(res.lead_snps["rsID"])
+
+
+def test_genome_wide_threshold_divides_by_the_dims_tested():
+    from udip_assets.errors import UdipConfigError
+    from udip_assets.genetics.clump import genome_wide_threshold
+
+    assert genome_wide_threshold(128) == 5e-8 / 128 and genome_wide_threshold(32) == 5e-8 / 32
+    assert genome_wide_threshold(1, alpha=1e-6) == 1e-6
+    with pytest.raises(UdipConfigError, match="n_dims must be a whole number >= 1, got 0"):
+        genome_wide_threshold(0)

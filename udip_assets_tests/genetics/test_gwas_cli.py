@@ -54,6 +54,7 @@ def test_cli_writes_sumstats_minp_and_summary(inputs):
     assert sorted(parts) == ["chr12.parquet", "chr3.parquet"] and sum(map(len, parts.values())) == 2 * M
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_samples"] == N and summary["n_variants"] == M and summary["n_dims"] == 2
+    assert summary["sig_p"] == 5e-8 / 2  # genome-wide over the phenotypes tested, as the pipeline's minP
     assert summary["options"]["missing"] == "drop" and summary["options"]["keep_p"] == 1e-3
     assert summary["covariates_used"][0] == "age" and len(summary["covariates_used"]) == 3  # + 2 site dummies
     assert summary["lambda_gc_min"] <= summary["lambda_gc_max"] and summary["seconds"] > 0
