@@ -99,7 +99,7 @@ def generate_cohort(cfg: SynthConfig, out_dir: Path, force: bool = False, progre
     measured = _render_all(jobs, progress=progress)
     _write_measured(out_dir / "truth_image_volumes.tsv", jobs, measured)
     last = _last_visit_phenotypes(jobs, measured, people)
-    causal["variance_explained_image"] = image_variance_explained(geno.dosage, causal, last, last)
+    causal["variance_explained_image"] = image_variance_explained(geno.dosage, causal, last)
     write_truth(out_dir / "truth.json", causal, cfg)
     if faults:
         _apply_image_faults(out_dir, cfg, jobs, faults)

@@ -166,8 +166,7 @@ def detectable_at(truth: pd.DataFrame, n_gwas: int, n_dims: int = 128) -> pd.Dat
     return truth.assign(power=power, detectable=np.asarray(power) >= 0.8)
 
 
-def image_variance_explained(dosage: np.ndarray, causal: pd.DataFrame, measured: pd.DataFrame,
-                             people: pd.DataFrame) -> np.ndarray:
+def image_variance_explained(dosage: np.ndarray, causal: pd.DataFrame, measured: pd.DataFrame) -> np.ndarray:
     """Each causal SNP's share of its phenotype as measured in the images, net of age and sex.
 
     Parameters
@@ -177,9 +176,7 @@ def image_variance_explained(dosage: np.ndarray, causal: pd.DataFrame, measured:
         One row per planted effect (``variant_index``, ``region``, ``kind``).
     measured : DataFrame (n_subjects, ...)
         Rows aligned with ``dosage``: ``vol_<region>`` (log mm^3) and ``stretch_<region>`` of each
-        subject's last visit, as measured in its image.
-    people : DataFrame
-        ``age`` (of that visit) and ``sex``, aligned.
+        subject's last visit, as measured in its image, and that visit's ``age`` and ``sex``.
 
     Returns
     -------
@@ -191,7 +188,8 @@ def image_variance_explained(dosage: np.ndarray, causal: pd.DataFrame, measured:
     The GWAS adjusts for age and sex (and more), so the share of the residual variance is what
     sets its power; other covariates (PCs, centre) explain little of a region's morphology here.
     """
-    design = np.column_stack([np.ones(len(people)), people["age"].to_numpy(float), people["sex"].to_numpy(float)])
+    design = np.column_stack([np.ones(len(measured)), measured["age"].to_numpy(float),
+                              measured["sex"].to_numpy(float)])
     q, _ = np.linalg.qr(design)
     out = []
     for rec in causal.itertuples():

@@ -182,3 +182,24 @@ def test_detectable_follows_the_configured_split_and_the_image_phenotype(tiny_co
     assert detectable_at(truth, 100_000)["detectable"].all()
     # and the alpha of the number of dims tested
     assert (detectable_at(truth, 300, n_dims=1)["power"] >= detectable_at(truth, 300, n_dims=128)["power"]).all()
+
+
+def test_image_variance_explained_is_the_partial_r2_given_age_and_sex():
+    """Against statsmodels: the SNP's partial R2 in OLS of the measured phenotype on [1, age, sex, g]."""
+    import statsmodels.api as sm
+
+    from udip_assets.cohort.synthetic import image_variance_explained
+
+    rng = np.random.default_rng(3)
+    n = 500
+    dosage = rng.binomial(2, 0.3, (n, 4)).astype(np.int8)
+    age, sex = rng.uniform(45, 80, n), rng.integers(0, 2, n)
+    measured = pd.DataFrame({"vol_thalamus": 0.01 * age + 0.05 * dosage[:, 2] + rng.normal(0, 0.1, n),
+                             "stretch_ventricles": 0.02 * sex + 0.01 * dosage[:, 0] + rng.normal(0, 0.02, n),
+                             "age": age, "sex": sex})
+    causal = pd.DataFrame({"variant_index": [2, 0], "region": ["thalamus", "ventricles"], "kind": ["volume", "shape"]})
+    got = image_variance_explained(dosage, causal, measured)
+    for k, (col, snp) in enumerate((("vol_thalamus", 2), ("stretch_ventricles", 0))):
+        fit = sm.OLS(measured[col], np.column_stack([np.ones(n), age, sex, dosage[:, snp]])).fit()
+        t = fit.tvalues.iloc[-1]
+        assert got[k] == pytest.approx(t**2 / (t**2 + fit.df_resid), rel=1e-9)
