@@ -27,9 +27,22 @@ def kept_subjects_unrelated(context: dg.AssetCheckExecutionContext, home: UdipHo
     if spec.relatedness is None:
         return dg.AssetCheckResult(passed=True, metadata={"note": "cohort has no kinship table"})
     kept = set(home.query("SELECT subject_id FROM subjects WHERE cohort = ? AND kept", [cohort])["subject_id"])
+    threshold = _kinship_threshold(context, cohort)
     rel = read_ukb_rel(spec.relatedness)
-    both = rel[rel["ID1"].astype(str).isin(kept) & rel["ID2"].astype(str).isin(kept) & (rel["Kinship"] > 0.0884)]
-    return dg.AssetCheckResult(passed=both.empty, metadata={"n_kept": len(kept), "n_related_pairs_kept": len(both)})
+    both = rel[rel["ID1"].astype(str).isin(kept) & rel["ID2"].astype(str).isin(kept) & (rel["Kinship"] > threshold)]
+    return dg.AssetCheckResult(passed=both.empty, metadata={"n_kept": len(kept), "n_related_pairs_kept": len(both),
+                                                            "kinship_threshold": threshold})
+
+
+def _kinship_threshold(context: dg.AssetCheckExecutionContext, cohort: str) -> float:
+    """The threshold ``subjects`` used for this cohort (SubjectsConfig.kinship_threshold), from its metadata."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=subjects.key, asset_partitions=[cohort]), limit=1).records
+    meta = records[0].event_log_entry.asset_materialization.metadata if records else {}
+    if "kinship_threshold" not in meta:
+        raise dg.Failure(f"subjects has no materialization recording its kinship_threshold for cohort {cohort!r}; "
+                         "re-materialize subjects")
+    return float(meta["kinship_threshold"].value)
 
 
 @dg.asset_check(asset=preprocessed_scans, description="Cached volumes are z-scored: mean 0, sd 1 inside the mask.")

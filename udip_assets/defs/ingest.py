@@ -72,6 +72,7 @@ def subjects(context: dg.AssetExecutionContext, config: SubjectsConfig, home: Ud
         metadata={
             "n_subjects": len(rows),
             "n_kept": len(kept),
+            "kinship_threshold": config.kinship_threshold,
             "n_dropped": int((~rows["kept"]).sum()),
             "by_split": dg.MetadataValue.json({k: int(v) for k, v in kept["split"].value_counts().items()}),
             "drop_reasons": dg.MetadataValue.json({k: int(v) for k, v in reasons.value_counts().items()}),

@@ -60,3 +60,21 @@ def test_rematerializing_does_not_duplicate_rows(ingested):
     before = read_frame(db, sql).iloc[0].tolist()
     assert materialize_cohort("tiny", selection="group:ingest", instance=instance).success
     assert read_frame(db, sql).iloc[0].tolist() == before
+
+
+def test_kinship_check_uses_the_configured_threshold(ingested):
+    """SubjectsConfig.kinship_threshold drives the check too (it hard-coded 0.0884)."""
+    from udip_assets.genetics.relatedness import read_ukb_rel
+
+    spec, db, instance, _ = ingested
+    try:
+        result = materialize_cohort("tiny", selection="key:subjects", instance=instance,
+                                    run_config={"ops": {"subjects": {"config": {"kinship_threshold": 0.3}}}})
+        check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "kept_subjects_unrelated")
+        assert check.passed and check.metadata["kinship_threshold"].value == 0.3
+        kept = set(read_frame(db, "SELECT subject_id FROM subjects WHERE cohort = 'tiny' AND kept")["subject_id"])
+        rel = read_ukb_rel(spec.relatedness)
+        both = rel[rel["ID1"].astype(str).isin(kept) & rel["ID2"].astype(str).isin(kept)]
+        assert (both["Kinship"] > 0.0884).any()  # relatives kept together: 0.0884 would have failed the check
+    finally:
+        assert materialize_cohort("tiny", selection="key:subjects", instance=instance).success
