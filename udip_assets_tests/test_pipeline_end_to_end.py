@@ -117,6 +117,10 @@ def test_loci_are_found_and_are_the_planted_ones(pipeline, udip_home):
     joint = read_frame(db, f"SELECT * FROM multivariate WHERE cohort = 'e2e' AND model_id = '{model_id}'")
     assert len(joint) == _one(db, f"SELECT count(*) FROM minp WHERE cohort = 'e2e' AND model_id = '{model_id}'")
     assert (joint["df1"] <= 32).all() and joint["p"].between(0, 1).all()
+    # the LD of the loci is computed over exactly the subjects the GWAS tested
+    samples = (udip_home / "artifacts" / "gwas" / "cohort=e2e" / f"model_id={model_id}" / "samples.txt").read_text()
+    assert len(samples.split()) == joint["n"].max() == _one(
+        db, f"SELECT count(*) FROM udips WHERE cohort = 'e2e' AND model_id = '{model_id}' AND split = 'inference'")
     spectrum = read_frame(db, f"SELECT * FROM udip_spectrum WHERE cohort = 'e2e' AND model_id = '{model_id}'")
     assert len(spectrum) == 1 and spectrum["n_dims"].item() == 32
     assert 1 <= spectrum["participation_ratio"].item() <= 32

@@ -75,6 +75,9 @@ def gwas_sumstats(context: dg.AssetExecutionContext, config: GwasAssetConfig, ho
     source = PlinkSource(spec.genotypes, sample_iids=list(sample.phenotypes.index), chrom=chrom)
     result = scan_associations(source, sample.phenotypes, sample.covariates, config.to_domain(),
                                sumstats_path=out / "sumstats.parquet")
+    # the GWAS sample (config.split): the loci's LD is computed over exactly these subjects
+    (out.parent / "samples.txt.tmp").write_text("\n".join(sample.phenotypes.index) + "\n")
+    (out.parent / "samples.txt.tmp").replace(out.parent / "samples.txt")
     for name, table in (("minp", result.minp), ("multivariate", result.multivariate)):
         table.to_parquet(out / f"{name}.parquet.tmp", index=False)
         (out / f"{name}.parquet.tmp").replace(out / f"{name}.parquet")

@@ -60,11 +60,13 @@ class LociConfig(dg.Config):
                            merge_distance_bp=self.merge_distance_bp, window_bp=self.window_bp)
 
 
-def _gwas_sample_ids(home: UdipHome, cohort: str, model_id: str) -> list[str] | None:
-    """The GWAS subjects (inference split of ``udips``): LD is computed over them, as the GWAS was."""
-    ids = home.query("SELECT subject_id FROM udips WHERE cohort = ? AND model_id = ? AND split = 'inference'",
-                     [cohort, model_id])["subject_id"].astype(str).tolist()
-    return ids or None
+def _gwas_sample_ids(home: UdipHome, cohort: str, model_id: str) -> list[str]:
+    """The subjects the GWAS tested (``gwas_sumstats`` wrote them, whatever its ``split``): LD is computed over them."""
+    path = home.root() / "artifacts" / "gwas" / f"cohort={cohort}" / f"model_id={model_id}" / "samples.txt"
+    if not path.exists():
+        raise dg.Failure(f"{path} is missing (written by gwas_sumstats since the LD sample follows its split); "
+                         f"re-materialize gwas_sumstats for cohort {cohort}")
+    return [line for line in path.read_text().splitlines() if line]
 
 
 def n_model_dims(home: UdipHome, cohort: str, model_id: str) -> int:
