@@ -158,7 +158,7 @@ def encoding_diagnostics(udips: pd.DataFrame, targets: pd.DataFrame, n_folds: in
         Index = subject id, one column per UDIP dimension (finite).
     targets : DataFrame (n_subjects, n_targets)
         Index = subject id, one column per measured phenotype (e.g. ``vol_hippocampus``, log volume),
-        as :func:`true_region_phenotypes` returns. Missing values drop that subject for that target.
+        as :func:`image_region_phenotypes` returns. Missing values drop that subject for that target.
     n_folds : int
         Cross-validation folds (>= 2).
     seed : int

@@ -28,7 +28,6 @@ from udip_assets.store.schema import (
 
 MINP_KEY = dg.AssetKey("minp_sumstats")
 MULTIVARIATE_KEY = dg.AssetKey("multivariate_sumstats")
-METHODS = ("minp", "multivariate")
 
 
 class LociConfig(dg.Config):
