@@ -53,9 +53,24 @@ class GwasAssetConfig(dg.Config):
                           multivariate=self.multivariate, inverse_normal=self.inverse_normal)
 
 
+def model_gwas_dir(home: UdipHome, cohort: str, model_id: str) -> Path:
+    """Folder of one model's GWAS (its chromosomes, and ``samples.txt``, the subjects tested)."""
+    return home.root() / "artifacts" / "gwas" / f"cohort={cohort}" / f"model_id={model_id}"
+
+
 def gwas_dir(home: UdipHome, cohort: str, model_id: str, chrom: str) -> Path:
     """Hive-style folder of one chromosome's outputs, so DuckDB reads cohort/model_id/chrom as columns."""
     return home.artifacts("gwas", f"cohort={cohort}", f"model_id={model_id}", f"chrom={chrom}")
+
+
+def _gather_chromosomes(home: UdipHome, cohort: str, model_id: str, name: str) -> tuple[pd.DataFrame, list[Path]]:
+    """Every chromosome's ``<name>.parquet`` of one model, concatenated (chrom as text), and the files read."""
+    base = model_gwas_dir(home, cohort, model_id)
+    files = sorted(base.glob(f"chrom=*/{name}.parquet"))
+    if not files:
+        raise dg.Failure(f"no {name} results under {base}; materialize gwas_sumstats for cohort {cohort} first")
+    table = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    return table.assign(chrom=table["chrom"].astype(str)), files
 
 
 @dg.asset(partitions_def=cohort_chrom_partitions, group_name="gwas", deps=["udip_embeddings"],
@@ -120,13 +135,7 @@ def multivariate_sumstats(context: dg.AssetExecutionContext, config: Multivariat
     """The exact joint F-test of all UDIP dims per SNP (MOSTest's question), all chromosomes of the cohort."""
     cohort = context.partition_key
     model_id = latest_model_id(context, "udip_embeddings", cohort)
-    base = home.root() / "artifacts" / "gwas" / f"cohort={cohort}" / f"model_id={model_id}"
-    files = sorted(base.glob("chrom=*/multivariate.parquet"))
-    if not files:
-        raise dg.Failure(f"no multivariate results under {base}; materialize gwas_sumstats for cohort {cohort} "
-                         "(with the joint test on, the default) first")
-    table = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    table["chrom"] = table["chrom"].astype(str)
+    table, _ = _gather_chromosomes(home, cohort, model_id, "multivariate")
     table["significant"] = table["p"] <= config.sig_p
     home.write(MULTIVARIATE, table.assign(cohort=cohort, model_id=model_id), cohort=cohort, model_id=model_id)
     out = home.artifacts("gwas_reports", cohort, model_id)
@@ -156,12 +165,7 @@ def minp_sumstats(context: dg.AssetExecutionContext, config: MinpConfig, home: U
     """Minimum p over the UDIP dims per SNP, all chromosomes of the cohort; lambda GC per dim; plots."""
     cohort = context.partition_key
     model_id = latest_model_id(context, "udip_embeddings", cohort)
-    base = home.root() / "artifacts" / "gwas" / f"cohort={cohort}" / f"model_id={model_id}"
-    files = sorted(base.glob("chrom=*/minp.parquet"))
-    if not files:
-        raise dg.Failure(f"no GWAS results under {base}; materialize gwas_sumstats for cohort {cohort} first")
-    minp = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    minp["chrom"] = minp["chrom"].astype(str)
+    minp, files = _gather_chromosomes(home, cohort, model_id, "minp")
     lambdas = _lambda_gc(files)  # one per dim tested
     sig_p = config.sig_p if config.sig_p is not None else genome_wide_threshold(len(lambdas))
     minp["significant"] = minp["p"] <= sig_p

@@ -11,6 +11,7 @@ import dagster as dg
 import pandas as pd
 
 from udip_assets.cohort.spec import load_cohort
+from udip_assets.defs.gwas import model_gwas_dir
 from udip_assets.defs.partitions import cohort_partitions
 from udip_assets.defs.resources import UdipHome, latest_model_id
 from udip_assets.genetics.annotations import read_gene_table, read_gwas_catalog, read_reference_loci
@@ -61,7 +62,7 @@ class LociConfig(dg.Config):
 
 def _gwas_sample_ids(home: UdipHome, cohort: str, model_id: str) -> list[str]:
     """The subjects the GWAS tested (``gwas_sumstats`` wrote them, whatever its ``split``): LD is computed over them."""
-    path = home.root() / "artifacts" / "gwas" / f"cohort={cohort}" / f"model_id={model_id}" / "samples.txt"
+    path = model_gwas_dir(home, cohort, model_id) / "samples.txt"
     if not path.exists():
         raise dg.Failure(f"{path} is missing (written by gwas_sumstats since the LD sample follows its split); "
                          f"re-materialize gwas_sumstats for cohort {cohort}")
