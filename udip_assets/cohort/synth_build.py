@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from udip_assets.atomic import atomic_path, write_tsv_atomic
 from udip_assets.cohort.spec import COHORT_FILE, UKBB_T1_RELPATH, CohortSpec, load_cohort, write_cohort_yaml
 from udip_assets.cohort.synthetic import (
     CENTRES,
@@ -32,7 +33,7 @@ from udip_assets.cohort.synthetic import (
 )
 from udip_assets.cohort.truth_check import load_truth
 from udip_assets.errors import UdipConfigError
-from udip_assets.genetics.annotations import demo_gwas_catalog, reference_loci_from_truth, write_tsv_atomic
+from udip_assets.genetics.annotations import demo_gwas_catalog, reference_loci_from_truth
 from udip_assets.genetics.pca import genetic_pcs
 from udip_assets.genetics.plink import read_bim, write_plink
 from udip_assets.genetics.relatedness import related_pairs_table, write_ukb_rel
@@ -190,9 +191,8 @@ def _write_covariates(path: Path, people: pd.DataFrame, pcs: np.ndarray, faults:
         dup = table[table["eid"] == eid].copy()
         dup["21003-2.0"] = dup["21003-2.0"] + 7.0
         table = pd.concat([table, dup], ignore_index=True)
-    tmp = path.with_suffix(".tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
 
 
 def _write_genes(path: Path, variants: pd.DataFrame, causal: pd.DataFrame, rng: np.random.Generator) -> None:
@@ -377,10 +377,10 @@ def write_nifti_gz(path: Path, volume: np.ndarray, grid: Grid | None = None, aff
     img.set_sform(img.affine, code=4)
     img.set_qform(img.affine, code=4)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with gzip.open(tmp, "wb", compresslevel=level) as fh:
+    # the gzip header names the destination, not the temporary
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw, \
+            gzip.GzipFile(path.name, "wb", compresslevel=level, fileobj=raw) as fh:
         fh.write(img.to_bytes())
-    os.replace(tmp, path)
 
 
 def _plan_faults(eids: list[str], rng: np.random.Generator) -> dict:

@@ -20,12 +20,12 @@ so that novelty can be checked against a known answer.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from udip_assets.atomic import write_tsv_atomic as write_tsv_atomic  # re-exported: callers import it from here
 from udip_assets.errors import CohortSpecError
 
 GENE_COLUMNS = ("name", "chrom", "start_bp", "end_bp", "build")
@@ -172,26 +172,3 @@ def _nearest_gene(genes: pd.DataFrame, chrom, pos: int) -> str:
         return ""
     dist = np.maximum.reduce([g["start"].to_numpy() - pos, pos - g["end"].to_numpy(), np.zeros(len(g), int)])
     return str(g["name"].iloc[int(np.argmin(dist))])
-
-
-def write_tsv_atomic(df: pd.DataFrame, path: Path) -> Path:
-    """Write ``df`` as a tab-separated file via a temporary name, so a crash leaves no partial file.
-
-    Arrow writes it unquoted, ~5x faster than ``DataFrame.to_csv`` on a genome's minP table; a
-    table whose text holds tabs, quotes or newlines goes through pandas, which quotes those values.
-    """
-    import pyarrow as pa
-    import pyarrow.csv as pa_csv
-
-    tmp = path.with_name(path.name + ".tmp")
-    table = pa.Table.from_pandas(df.astype({c: str for c in df.columns if df[c].dtype == object}),
-                                 preserve_index=False)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(("\t".join(map(str, df.columns)) + "\n").encode())
-            pa_csv.write_csv(table, fh, pa_csv.WriteOptions(include_header=False, delimiter="\t",
-                                                            quoting_style="none"))
-    except pa.ArrowInvalid:  # a value needs quoting
-        df.to_csv(tmp, sep="\t", index=False)
-    os.replace(tmp, path)
-    return path

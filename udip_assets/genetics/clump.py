@@ -20,17 +20,36 @@ Plain Python (numpy, pandas): no Dagster, no warehouse.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from udip_assets.errors import GenotypeError, SummaryStatsError, UdipConfigError, require_field
+from udip_assets.genetics.clump_io import read_fuma_loci, write_fuma_loci
+from udip_assets.genetics.clump_tables import (
+    CANDIDATE_COLUMNS,
+    FUMA_LOCI_COLUMNS,
+    IND_SIG_COLUMNS,
+    LEAD_COLUMNS,
+    LOCI_COLUMNS,
+    IndSig,
+    candidate_table,
+    chrom_key,
+    gwas_rows,
+    ind_sig_table,
+    lead_table,
+    loci_table,
+)
 from udip_assets.genetics.ld import LDCalculator
+
+__all__ = [
+    "CANDIDATE_COLUMNS", "FUMA_LOCI_COLUMNS", "GENOME_WIDE_P", "IND_SIG_COLUMNS", "LEAD_COLUMNS", "LOCI_COLUMNS",
+    "MINP_COLUMNS", "ClumpConfig", "ClumpResult", "SummaryStatsError", "clump_loci", "genome_wide_threshold",
+    "read_fuma_loci", "write_fuma_loci",
+]
 
 GENOME_WIDE_P = 5e-8
 
@@ -47,20 +66,9 @@ def genome_wide_threshold(n_dims: int, alpha: float = GENOME_WIDE_P) -> float:
 
 
 MINP_COLUMNS = ("snp", "chrom", "pos_bp", "a1", "a2", "p", "dim", "beta", "se", "maf")
-FUMA_LOCI_COLUMNS = ("GenomicLocus", "uniqID", "rsID", "chr", "pos", "p", "start", "end", "nSNPs",
-                     "nGWASSNPs", "nIndSigSNPs", "IndSigSNPs", "nLeadSNPs", "LeadSNPs")
-LOCI_COLUMNS = (*FUMA_LOCI_COLUMNS, "dim", "dims")
-LEAD_COLUMNS = ("No", "GenomicLocus", "uniqID", "rsID", "chr", "pos", "p", "nIndSigSNPs", "IndSigSNPs", "dim")
-IND_SIG_COLUMNS = ("No", "GenomicLocus", "uniqID", "rsID", "chr", "pos", "p", "nSNPs", "nGWASSNPs", "dim",
-                   "start", "end")
-CANDIDATE_COLUMNS = ("uniqID", "rsID", "chr", "pos", "non_effect_allele", "effect_allele", "MAF", "gwasP",
-                     "beta", "se", "dim", "r2", "IndSigSNP", "GenomicLocus")
-_INT_FUMA_COLUMNS = ("GenomicLocus", "pos", "start", "end", "nSNPs", "nGWASSNPs", "nIndSigSNPs", "nLeadSNPs")
 _MHC_CHROM = "6"
 _SPECULATIVE_BATCH = 16  # significant SNPs whose LD windows are computed together
 _PROGRESS_MIN_SNPS = 200  # show a progress bar from this many significant SNPs on
-
-
 _require = partial(require_field, owner="ClumpConfig")
 
 
@@ -180,30 +188,6 @@ class ClumpResult:
     not_in_panel: list[str] = field(default_factory=list)
 
 
-@dataclass
-class _IndSig:
-    """One independent significant SNP while clumping (panel rows and r² of its candidates)."""
-
-    row: int
-    cand: np.ndarray
-    cand_r2: np.ndarray
-    lead_partners: np.ndarray
-    start: int = 0
-    end: int = 0
-
-
-def _chrom_key(chrom: str) -> tuple[int, str]:
-    return (int(chrom), "") if chrom.isdigit() else (1000, chrom)
-
-
-def _uniq_ids(chrom: pd.Series, pos: pd.Series, a1: pd.Series, a2: pd.Series) -> pd.Series:
-    """FUMA's uniqID 'chr:pos:A:B' with the two alleles in alphabetical order."""
-    a1, a2 = a1.astype(str), a2.astype(str)
-    lo, hi = np.where(a1 <= a2, a1, a2), np.where(a1 <= a2, a2, a1)
-    return chrom.astype(str) + ":" + pos.astype(str) + ":" + pd.Series(lo, index=a1.index) + ":" + \
-        pd.Series(hi, index=a1.index)
-
-
 def _check_minp(minp_df: pd.DataFrame) -> None:
     missing = [c for c in MINP_COLUMNS if c not in minp_df.columns]
     if missing:
@@ -280,7 +264,7 @@ def _candidate_mask(vidx: np.ndarray, r2: np.ndarray, gwas_row: np.ndarray, elig
 
 
 def _select_independent(df: pd.DataFrame, ld: LDCalculator, cfg: ClumpConfig,
-                        progress: bool) -> list[_IndSig]:
+                        progress: bool) -> list[IndSig]:
     """Greedy FUMA / PLINK clumping of the significant SNPs, most significant first.
 
     Notes
@@ -291,7 +275,7 @@ def _select_independent(df: pd.DataFrame, ld: LDCalculator, cfg: ClumpConfig,
     in order of p, ties broken by position. LD windows of the next ``_SPECULATIVE_BATCH``
     unclaimed SNPs are computed together; one claimed by an earlier SNP of its batch is skipped.
     """
-    gwas_row = _gwas_rows(df, ld)
+    gwas_row = gwas_rows(df, ld)
     in_panel = df["panel"].to_numpy() >= 0
     eligible, sig = df["eligible"].to_numpy(), df["sig"].to_numpy()
     sig_rows = np.flatnonzero(sig & in_panel)
@@ -299,7 +283,7 @@ def _select_independent(df: pd.DataFrame, ld: LDCalculator, cfg: ClumpConfig,
     sig_rows = sig_rows[np.lexsort((df["pos_bp"].to_numpy()[sig_rows], df["p"].to_numpy()[sig_rows], keys))]
     claimed = np.zeros(ld.n_variants, dtype=bool)
     panel = df["panel"].to_numpy()
-    chosen: list[_IndSig] = []
+    chosen: list[IndSig] = []
     bar = tqdm(total=sig_rows.size, desc="independent significant SNPs", unit="SNP",
                disable=not progress or sig_rows.size < _PROGRESS_MIN_SNPS)
     k = 0
@@ -321,13 +305,13 @@ def _select_independent(df: pd.DataFrame, ld: LDCalculator, cfg: ClumpConfig,
             rows = gwas_row[vidx]
             partners = vidx[(r2 >= cfg.r2_lead) & (rows >= 0) & (vidx != panel[row])]
             partners = partners[sig[gwas_row[partners]]]
-            chosen.append(_IndSig(row=int(row), cand=vidx[cand], cand_r2=r2[cand], lead_partners=partners))
+            chosen.append(IndSig(row=int(row), cand=vidx[cand], cand_r2=r2[cand], lead_partners=partners))
             claimed[vidx[cand]] = True
     bar.close()
     return chosen
 
 
-def _select_leads(ind: list[_IndSig], df: pd.DataFrame) -> list[tuple[int, list[int]]]:
+def _select_leads(ind: list[IndSig], df: pd.DataFrame) -> list[tuple[int, list[int]]]:
     """Lead SNPs: (index into ``ind``, members = the lead then its r² >= r2_lead partners by position).
 
     Notes
@@ -349,7 +333,7 @@ def _select_leads(ind: list[_IndSig], df: pd.DataFrame) -> list[tuple[int, list[
     return leads
 
 
-def _assign_loci(ind: list[_IndSig], leads: list[tuple[int, list[int]]], df: pd.DataFrame,
+def _assign_loci(ind: list[IndSig], leads: list[tuple[int, list[int]]], df: pd.DataFrame,
                  cfg: ClumpConfig) -> np.ndarray:
     """(n_ind,) 1-based GenomicLocus of each independent SNP.
 
@@ -374,7 +358,7 @@ def _assign_loci(ind: list[_IndSig], leads: list[tuple[int, list[int]]], df: pd.
     for k in range(len(ind)):
         groups.setdefault(find(k), []).append(k)
     chrom = df["chrom"].to_numpy()
-    spans = sorted(((_chrom_key(chrom[ind[g[0]].row]), min(ind[k].start for k in g),
+    spans = sorted(((chrom_key(chrom[ind[g[0]].row]), min(ind[k].start for k in g),
                      max(ind[k].end for k in g), g) for g in groups.values()), key=lambda t: (t[0], t[1]))
     locus = np.zeros(len(ind), dtype=np.int64)
     n_loci, cur_chrom, cur_end = 0, None, 0
@@ -425,155 +409,9 @@ def clump_loci(minp_df: pd.DataFrame, ld: LDCalculator, cfg: ClumpConfig | None 
         s.start, s.end = int(pos[s.cand].min()), int(pos[s.cand].max())
     leads = _select_leads(ind, df)
     locus = _assign_loci(ind, leads, df, cfg)
-    cand = _candidate_table(ind, locus, df, ld)
-    ind_df = _ind_sig_table(ind, locus, df)
-    lead_df = _lead_table(ind, leads, locus, df)
-    loci_df = _loci_table(ind, leads, locus, df, cand, cfg)
+    cand = candidate_table(ind, locus, df, ld)
+    ind_df = ind_sig_table(ind, locus, df)
+    lead_df = lead_table(ind, leads, locus, df)
+    loci_df = loci_table(ind, leads, locus, df, cand, cfg)
     return ClumpResult(loci=loci_df, lead_snps=lead_df, ind_sig_snps=ind_df, candidates=cand,
                        not_in_panel=not_in_panel)
-
-
-def _chrom_out(chrom: pd.Series) -> pd.Series:
-    chrom = chrom.astype(str)
-    return chrom.astype(np.int64) if len(chrom) and chrom.str.fullmatch(r"\d+").all() else chrom
-
-
-def _candidate_table(ind: list[_IndSig], locus: np.ndarray, df: pd.DataFrame,
-                     ld: LDCalculator) -> pd.DataFrame:
-    """FUMA's snps.txt: one row per candidate SNP with its best independent SNP and locus."""
-    if not ind:
-        return pd.DataFrame(columns=list(CANDIDATE_COLUMNS))
-    panel = np.concatenate([s.cand for s in ind])
-    r2 = np.concatenate([s.cand_r2 for s in ind])
-    which = np.concatenate([np.full(s.cand.size, k) for k, s in enumerate(ind)])
-    order = np.lexsort((which, -r2, panel))  # per SNP: highest r², then the most significant index
-    best = order[np.r_[True, panel[order][1:] != panel[order][:-1]]]
-    panel, r2, which = panel[best], r2[best], which[best]
-    bim = ld.variants.iloc[panel].reset_index(drop=True)
-    rows = _gwas_rows(df, ld)[panel]
-    has = rows >= 0
-    g = df.iloc[np.where(has, rows, 0)].reset_index(drop=True)
-    out = pd.DataFrame({
-        "uniqID": np.where(has, _uniq_ids(g["chrom"], g["pos_bp"], g["a1"], g["a2"]),
-                           _uniq_ids(bim["chrom"], bim["pos_bp"], bim["a1"], bim["a2"])),
-        "rsID": bim["snp"], "chr": _chrom_out(bim["chrom"]), "pos": bim["pos_bp"].astype(np.int64),
-        "non_effect_allele": np.where(has, g["a2"].astype(str), bim["a2"]),
-        "effect_allele": np.where(has, g["a1"].astype(str), bim["a1"]),
-        "MAF": np.where(has, g["maf"].astype(np.float64), ld.maf(panel)),
-        "gwasP": np.where(has, g["p"], np.nan), "beta": np.where(has, g["beta"].astype(np.float64), np.nan),
-        "se": np.where(has, g["se"].astype(np.float64), np.nan),
-        "dim": pd.array(np.where(has, g["dim"], pd.NA), dtype="Int64"), "r2": r2,
-        "IndSigSNP": df["snp"].to_numpy()[[ind[k].row for k in which]], "GenomicLocus": locus[which]})
-    return out.sort_values(["GenomicLocus", "pos"], kind="stable", ignore_index=True)
-
-
-def _gwas_rows(df: pd.DataFrame, ld: LDCalculator) -> np.ndarray:
-    """(n_variants,) row of each LD-fileset variant in the prepared minP table, -1 if absent."""
-    rows = np.full(ld.n_variants, -1, dtype=np.int64)
-    panel = df["panel"].to_numpy()
-    rows[panel[panel >= 0]] = np.flatnonzero(panel >= 0)
-    return rows
-
-
-def _snp_fields(df: pd.DataFrame, rows: list[int]) -> dict:
-    sub = df.iloc[rows].reset_index(drop=True)
-    return {"uniqID": _uniq_ids(sub["chrom"], sub["pos_bp"], sub["a1"], sub["a2"]).to_numpy(),
-            "rsID": sub["snp"].to_numpy(),
-            "chr": _chrom_out(sub["chrom"].reset_index(drop=True)).to_numpy(),
-            "pos": sub["pos_bp"].to_numpy(np.int64), "p": sub["p"].to_numpy(np.float64)}
-
-
-def _ind_sig_table(ind: list[_IndSig], locus: np.ndarray, df: pd.DataFrame) -> pd.DataFrame:
-    """IndSigSNPs.txt: one row per independent significant SNP, by chromosome and position."""
-    if not ind:
-        return pd.DataFrame(columns=list(IND_SIG_COLUMNS))
-    rows = [s.row for s in ind]
-    out = pd.DataFrame({"GenomicLocus": locus, **_snp_fields(df, rows),
-                        "nSNPs": [s.cand.size for s in ind],
-                        "nGWASSNPs": [int(np.isin(s.cand, df["panel"].to_numpy()).sum()) for s in ind],
-                        "dim": df["dim"].to_numpy()[rows].astype(np.int64),
-                        "start": [s.start for s in ind], "end": [s.end for s in ind]})
-    out = _order_by_position(out)
-    out.insert(0, "No", np.arange(1, len(out) + 1))
-    return out.loc[:, list(IND_SIG_COLUMNS)]
-
-
-def _order_by_position(out: pd.DataFrame) -> pd.DataFrame:
-    key = [_chrom_key(str(c)) for c in out["chr"]]
-    out = out.assign(_k0=[k[0] for k in key], _k1=[k[1] for k in key])
-    out = out.sort_values(["_k0", "_k1", "pos"], kind="stable", ignore_index=True)
-    return out.drop(columns=["_k0", "_k1"])
-
-
-def _lead_table(ind: list[_IndSig], leads: list[tuple[int, list[int]]], locus: np.ndarray,
-                df: pd.DataFrame) -> pd.DataFrame:
-    """leadSNPs.txt: one row per lead SNP with the independent SNPs it carries."""
-    if not leads:
-        return pd.DataFrame(columns=list(LEAD_COLUMNS))
-    snp = df["snp"].to_numpy()
-    rows = [ind[k].row for k, _ in leads]
-    out = pd.DataFrame({"GenomicLocus": locus[[k for k, _ in leads]], **_snp_fields(df, rows),
-                        "nIndSigSNPs": [len(m) for _, m in leads],
-                        "IndSigSNPs": [";".join(snp[ind[j].row] for j in m) for _, m in leads],
-                        "dim": df["dim"].to_numpy()[rows].astype(np.int64)})
-    out = _order_by_position(out)
-    out.insert(0, "No", np.arange(1, len(out) + 1))
-    return out.loc[:, list(LEAD_COLUMNS)]
-
-
-def _loci_table(ind: list[_IndSig], leads: list[tuple[int, list[int]]], locus: np.ndarray, df: pd.DataFrame,
-                cand: pd.DataFrame, cfg: ClumpConfig) -> pd.DataFrame:
-    """GenomicRiskLoci.txt plus ``dim`` (of the top SNP) and ``dims`` (of its significant SNPs)."""
-    if not ind:
-        return pd.DataFrame(columns=list(LOCI_COLUMNS))
-    snp, pos = df["snp"].to_numpy(), df["pos_bp"].to_numpy()
-    is_lead = np.zeros(len(ind), dtype=bool)
-    is_lead[[k for k, _ in leads]] = True
-    records = []
-    for g in range(1, int(locus.max()) + 1):
-        members = sorted(np.flatnonzero(locus == g), key=lambda k: pos[ind[k].row])
-        top = min(members)  # one chromosome, where ``ind`` is in order of p
-        c = cand[cand["GenomicLocus"] == g]
-        sig_dims = c.loc[c["gwasP"] <= cfg.sig_p, "dim"].dropna().astype(int).unique()
-        records.append({
-            "GenomicLocus": g, **{k: v[0] for k, v in _snp_fields(df, [ind[top].row]).items()},
-            "start": min(ind[k].start for k in members), "end": max(ind[k].end for k in members),
-            "nSNPs": len(c), "nGWASSNPs": int(c["gwasP"].notna().sum()),
-            "nIndSigSNPs": len(members), "IndSigSNPs": ";".join(snp[ind[k].row] for k in members),
-            "nLeadSNPs": int(is_lead[members].sum()),
-            "LeadSNPs": ";".join(snp[ind[k].row] for k in members if is_lead[k]),
-            "dim": int(df["dim"].iat[ind[top].row]), "dims": ";".join(str(d) for d in sorted(sig_dims))})
-    return pd.DataFrame.from_records(records, columns=list(LOCI_COLUMNS))
-
-
-def write_fuma_loci(loci: pd.DataFrame, path: Path | str) -> Path:
-    """Write FUMA's ``GenomicRiskLoci.txt``: tab-separated, FUMA's 14 columns in FUMA's order.
-
-    Extra columns (``dim``, ``dims``) are left out so FUMA-reading tools accept the file. The file
-    is written to a temporary name and renamed, so a failed write leaves no partial file.
-    """
-    missing = [c for c in FUMA_LOCI_COLUMNS if c not in loci.columns]
-    if missing:
-        raise SummaryStatsError(f"loci lacks FUMA columns {missing}; pass ClumpResult.loci")
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    loci.loc[:, list(FUMA_LOCI_COLUMNS)].to_csv(tmp, sep="\t", index=False)
-    os.replace(tmp, path)
-    return path
-
-
-def read_fuma_loci(path: Path | str) -> pd.DataFrame:
-    """Read a FUMA ``GenomicRiskLoci.txt`` (ours or FUMA's own) into FUMA's columns and types."""
-    path = Path(path)
-    if not path.is_file():
-        raise SummaryStatsError(f"FUMA loci file {path} does not exist; write it with write_fuma_loci")
-    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    if tuple(df.columns) != FUMA_LOCI_COLUMNS:
-        raise SummaryStatsError(f"{path} has columns {list(df.columns)}, expected FUMA's "
-                                f"{list(FUMA_LOCI_COLUMNS)}; is it a GenomicRiskLoci.txt?")
-    try:
-        df = df.astype({c: np.int64 for c in _INT_FUMA_COLUMNS} | {"p": np.float64})
-    except ValueError as exc:
-        raise SummaryStatsError(f"{path} holds a non-numeric value in a numeric column: {exc}") from exc
-    df["chr"] = _chrom_out(df["chr"])
-    return df

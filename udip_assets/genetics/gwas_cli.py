@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from udip_assets.atomic import write_tsv_atomic
 from udip_assets.errors import CovariateError, GenotypeError, SummaryStatsError, UdipConfigError
-from udip_assets.genetics.annotations import write_tsv_atomic
 from udip_assets.genetics.clump import genome_wide_threshold
 from udip_assets.genetics.design import CovariateSpec, design_matrix, read_plink2_table
 from udip_assets.genetics.genotype_stream import BgenSource, GenotypeSource, PlinkSource

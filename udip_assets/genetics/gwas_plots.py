@@ -6,7 +6,6 @@ worker threads and on headless machines) and write a PNG atomically (temp file, 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from udip_assets.atomic import atomic_path
 from udip_assets.errors import SummaryStatsError
 
 _MIN_P = 1e-300  # p = 0 (float64 underflow) is drawn at this value
@@ -35,10 +35,9 @@ def _chrom_order(chrom: pd.Series) -> list[str]:
 def _save(fig: Figure, path: Path | str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
     FigureCanvasAgg(fig)
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:  # savefig picks the format from the suffix
+        fig.savefig(tmp, dpi=120)
     return path
 
 

@@ -132,7 +132,7 @@ def joint_r2_missing(idx: np.ndarray, zb, gy_k: np.ndarray, gg_k: np.ndarray, wh
     idx : np.ndarray
         (b, m) missing sample indices per SNP, padded with n_samples (the zero row of ``z_pad``).
     zb : torch.Tensor
-        (b, c, P) float64 ``L^-1 B`` of ``gwas._downdate_missing``: B = Q_M' y_M and L the
+        (b, c, P) float64 ``L^-1 B`` of ``ols_kernel._downdate_missing``: B = Q_M' y_M and L the
         Cholesky factor of ``Q_K'Q_K = I - Q_M'Q_M``.
     gy_k, gg_k : np.ndarray
         (b, P) and (b,) float64 ``<g_res, y_res>`` and ``<g_res, g_res>`` on K (that downdate).
@@ -154,7 +154,7 @@ def joint_r2_missing(idx: np.ndarray, zb, gy_k: np.ndarray, gg_k: np.ndarray, wh
     directions dropped by :func:`whiten` are null (to ``tol``) on every sample, hence on K, so
     the r x r system loses nothing. See :func:`_inverse_quadratic_form` for the solve.
     """
-    import torch  # already imported and single-threaded by the scan (gwas._torch) when called from it
+    import torch  # already imported and single-threaded by the scan (ols_kernel._torch) when called from it
 
     w = torch.from_numpy(whitening.w)
     down = torch.cat([torch.from_numpy(whitening.z_pad[idx]), zb @ w], dim=1)  # (b, m + c, r)

@@ -8,7 +8,6 @@ count of A1 (bed-reader's ``count_A1=True``), with missing calls as NaN (float) 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 from bed_reader import open_bed
 
+from udip_assets.atomic import atomic_path, write_text_atomic
 from udip_assets.errors import GenotypeError
 
 BED_MAGIC = bytes([0x6C, 0x1B, 0x01])
@@ -132,21 +132,13 @@ def write_plink(prefix: Path | str, iids: Sequence[str], dosage: np.ndarray, var
     bim = pd.DataFrame({"chrom": variants["chrom"].astype(str), "snp": variants["snp"].astype(str), "cm": cm,
                         "pos_bp": variants["pos_bp"].astype(np.int64), "a1": variants["a1"].astype(str),
                         "a2": variants["a2"].astype(str)})
-    _atomic_write_text(paths["fam"], fam.to_csv(sep=" ", header=False, index=False))
-    _atomic_write_text(paths["bim"], bim.to_csv(sep="\t", header=False, index=False))
-    tmp = paths["bed"].with_name(paths["bed"].name + ".tmp")
-    with open(tmp, "wb") as fh:
+    write_text_atomic(paths["fam"], fam.to_csv(sep=" ", header=False, index=False))
+    write_text_atomic(paths["bim"], bim.to_csv(sep="\t", header=False, index=False))
+    with atomic_path(paths["bed"]) as tmp, open(tmp, "wb") as fh:
         fh.write(BED_MAGIC)
         for start in range(0, values.shape[1], _CHUNK_VARIANTS):
             fh.write(_encode_bed_rows(values[:, start:start + _CHUNK_VARIANTS]))
-    os.replace(tmp, paths["bed"])
     return paths
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _read_table(path: Path | str, columns: list[str], dtype: dict) -> pd.DataFrame:

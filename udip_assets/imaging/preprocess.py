@@ -43,8 +43,6 @@ loss fails to load (``np.load`` checks the size) and is recomputed.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from udip_assets.atomic import atomic_path
 from udip_assets.errors import ScanError, UdipConfigError
 from udip_assets.imaging.grids import PAPER_PATCH, Grid
 from udip_assets.imaging.nifti import brain_stats, raise_for_status, read_scan
@@ -249,15 +248,9 @@ def _check_stats(n_brain: int, sd: float, finite: bool, what: str) -> None:
 
 
 def _write_npy_atomic(array: np.ndarray, dst: Path) -> None:
-    """Write ``array`` to ``dst`` (.npy) via a temporary file in the same folder and os.replace."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``array`` to ``dst`` (.npy) atomically (:func:`udip_assets.atomic.atomic_path`)."""
+    with atomic_path(dst) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
 
 
 def preprocess_scan(src_path: str | Path, dst_path: str | Path, grid: Grid,

@@ -29,9 +29,7 @@ Everything is stored as tensors and plain Python values, so checkpoints load wit
 from __future__ import annotations
 
 import io
-import os
 import random
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from udip_assets.atomic import write_bytes_atomic
 from udip_assets.errors import UdipConfigError
 from udip_assets.model.config import ModelConfig, TrainConfig
 from udip_assets.model.vit_ae import ViTAE
@@ -141,17 +140,7 @@ def save_checkpoint(state: Mapping, *paths: str | Path) -> list[Path]:
     written = []
     for path in map(Path, paths):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        written.append(path)
+        written.append(write_bytes_atomic(path, payload, fsync=True))
     return written
 
 

@@ -341,14 +341,14 @@ def test_neg_log10_p_log_space_branch_joins_the_direct_one():
     df = 1_000.0
     t = p_to_abs_t(np.array([1e-200, 1e-250, 1e-275]), df)
     direct = -np.log10(t_to_p(t, df))
-    from udip_assets.genetics import gwas
+    from udip_assets.genetics import pvalues
 
-    old = gwas._LOG_SPACE_BELOW_P
-    gwas._LOG_SPACE_BELOW_P = 1.0  # force the continued fraction everywhere
+    old = pvalues._LOG_SPACE_BELOW_P
+    pvalues._LOG_SPACE_BELOW_P = 1.0  # force the continued fraction everywhere
     try:
         np.testing.assert_allclose(t_to_neg_log10_p(t, df), direct, rtol=1e-11)
     finally:
-        gwas._LOG_SPACE_BELOW_P = old
+        pvalues._LOG_SPACE_BELOW_P = old
 
 
 def test_generic_source_contract(cohort):
@@ -361,7 +361,7 @@ def test_generic_source_contract(cohort):
 @pytest.mark.parametrize("df", [5.0, 37.0, 981.0, 4_981.0, 1e6])
 def test_p_value_tables_equal_the_incomplete_beta(df):
     """The sumstats' interpolated p and -log10 p against scipy's incomplete beta, over the whole range."""
-    from udip_assets.genetics.gwas import _PValueTables
+    from udip_assets.genetics.pvalues import PValueTables as _PValueTables
 
     rng = np.random.default_rng(int(df) % 1000)
     # past both the table's end (|t| 64) and p = 1e-250
@@ -378,7 +378,7 @@ def test_p_value_tables_equal_the_incomplete_beta(df):
 
 
 def test_p_value_tables_follow_each_rows_df():
-    from udip_assets.genetics.gwas import _PValueTables
+    from udip_assets.genetics.pvalues import PValueTables as _PValueTables
 
     rng = np.random.default_rng(3)
     df = rng.choice([4_950.0, 4_960.0, 4_981.0, 12.0], 300)
