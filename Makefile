@@ -42,8 +42,8 @@ demo: install
 	  --preset $(DEMO_PRESET) --sweep-every $(DEMO_SWEEP_EVERY) $(DEMO_MODEL_ARGS)
 	$(BIN)/udip sql "SELECT status, count(*) AS n FROM scans WHERE cohort = '$(DEMO_NAME)' GROUP BY 1 ORDER BY 2 DESC"
 	$(BIN)/udip sql "SELECT split, kept, count(*) AS n FROM subjects WHERE cohort = '$(DEMO_NAME)' GROUP BY ALL ORDER BY ALL"
-	$(BIN)/udip sql "SELECT model_id, epoch, round(val_loss, 4) AS val_loss, loci_count, selected FROM checkpoints WHERE cohort = '$(DEMO_NAME)' AND loci_count IS NOT NULL AND run_id = (SELECT run_id FROM checkpoints WHERE cohort = '$(DEMO_NAME)' AND selected) ORDER BY epoch"
-	$(BIN)/udip sql "SELECT method, \"GenomicLocus\" AS locus, chr, start, \"end\", p, \"nLeadSNPs\" AS n_lead, dim, dims FROM genomic_risk_loci g WHERE cohort = '$(DEMO_NAME)' AND model_id = (SELECT model_id FROM checkpoints WHERE cohort = '$(DEMO_NAME)' AND selected ORDER BY created_at DESC LIMIT 1) ORDER BY 1, 2"
+	$(BIN)/udip sql "SELECT s.model_id, s.epoch, round(c.val_loss, 4) AS val_loss, s.loci_count, s.selected FROM model_selection s JOIN checkpoints c USING (model_id) WHERE s.cohort = '$(DEMO_NAME)' ORDER BY s.epoch"
+	$(BIN)/udip sql "SELECT method, \"GenomicLocus\" AS locus, chr, start, \"end\", p, \"nLeadSNPs\" AS n_lead, dim, dims FROM genomic_risk_loci g WHERE cohort = '$(DEMO_NAME)' AND model_id = (SELECT model_id FROM model_selection WHERE cohort = '$(DEMO_NAME)' AND selected) ORDER BY 1, 2"
 	$(BIN)/udip truth --cohort $(DEMO_NAME) --control
 	@$(BIN)/udip where
 

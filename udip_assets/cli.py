@@ -89,11 +89,15 @@ def knob_run_config(train_count: int | None, val_count: int | None, preset: str 
         raise click.ClickException(f"--overrides must be a JSON object, got {overrides!r}")
     if epochs is not None:
         fields["epochs"] = epochs
-    model: dict = {}
+    from udip_assets.defs.model import TYPED_OVERRIDES
+
+    # ModelAssetConfig's typed fields where it has them (the launchpad shows them), the rest as JSON
+    model: dict = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items() if k in TYPED_OVERRIDES}
     if preset is not None:
         model["preset"] = preset
-    if fields:
-        model["overrides_json"] = json.dumps(fields, sort_keys=True)
+    rest = {k: v for k, v in fields.items() if k not in TYPED_OVERRIDES}
+    if rest:
+        model["overrides_json"] = json.dumps(rest, sort_keys=True)
     if model:
         ops["vit_ae_model"] = {"config": model}
     if sweep_every is not None:
@@ -197,9 +201,10 @@ def _read(query: str, params: list):
 
 
 def _selected_model_id(cohort: str) -> str:
-    chosen = _read("SELECT model_id FROM checkpoints WHERE cohort = ? AND selected ORDER BY created_at DESC LIMIT 1",
-                   [cohort])
-    if chosen.empty:
+    """The model the loci sweep selected for ``cohort`` (``model_selection``), else the one its loci are of."""
+    swept = not _read("SELECT 1 FROM duckdb_tables() WHERE table_name = 'model_selection'", []).empty
+    chosen = _read("SELECT model_id FROM model_selection WHERE cohort = ? AND selected", [cohort]) if swept else None
+    if chosen is None or chosen.empty:
         chosen = _read("SELECT model_id FROM genomic_risk_loci WHERE cohort = ? LIMIT 1", [cohort])
     if chosen.empty:
         raise click.ClickException(f"no loci for cohort {cohort} yet; run `udip materialize --cohort {cohort}`")

@@ -6,6 +6,7 @@ from udip_assets.defs.checks import ingest_checks
 from udip_assets.defs.dbt import dbt_annotations, dbt_resource
 from udip_assets.defs.gwas import gwas_assets
 from udip_assets.defs.ingest import ingest_assets
+from udip_assets.defs.lineage import LINEAGE_IO, LineageIOManager
 from udip_assets.defs.loci import loci_assets
 from udip_assets.defs.model import model_assets
 from udip_assets.defs.resources import UdipHome
@@ -15,7 +16,8 @@ from udip_assets.defs.tracking import MlflowTracking
 
 all_assets = [*ingest_assets, *model_assets, *selection_assets, *gwas_assets, *loci_assets, dbt_annotations]
 all_checks = [*ingest_checks]
-resources = {"home": UdipHome(), "mlflow": MlflowTracking(), "dbt": dbt_resource}
+home = UdipHome()
+resources = {"home": home, LINEAGE_IO: LineageIOManager(home=home), "mlflow": MlflowTracking(), "dbt": dbt_resource}
 
 defs = dg.Definitions(
     assets=all_assets,

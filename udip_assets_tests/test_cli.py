@@ -46,8 +46,10 @@ def test_materialize_knobs_become_run_config():
     assert knob_run_config(None, None, None, None, None) == {}
     config = knob_run_config(120, 40, "demo", 45, '{"enc_depth": 8}')
     assert config["ops"]["subjects"] == {"config": {"train_count": 120, "val_count": 40}}
-    model = config["ops"]["vit_ae_model"]["config"]
-    assert model["preset"] == "demo" and json.loads(model["overrides_json"]) == {"enc_depth": 8, "epochs": 45}
+    # ModelAssetConfig's typed fields where it has them, the rest as JSON
+    assert config["ops"]["vit_ae_model"]["config"] == {"preset": "demo", "epochs": 45, "enc_depth": 8}
+    model = knob_run_config(None, None, None, None, '{"dropout": 0.1, "patch": [7, 8, 7]}')["ops"]["vit_ae_model"]
+    assert model["config"]["patch"] == [7, 8, 7] and json.loads(model["config"]["overrides_json"]) == {"dropout": 0.1}
     assert knob_run_config(None, None, None, None, None, 15) == {
         "ops": {"checkpoint_loci_sweep": {"config": {"every_epochs": 15}}}}
     with pytest.raises(click.ClickException, match="--overrides is not valid JSON"):

@@ -24,11 +24,12 @@ from udip_assets.store.schema import UDIP_COLUMNS
 from udip_assets.store.warehouse import read_frame
 from udip_assets_tests.conftest import tiny_config
 
+# ModelAssetConfig's typed fields (what the launchpad shows); overrides_json reaches the others
 MODEL = {"enc_dim": 32, "enc_heads": 4, "enc_depth": 2, "dec_dim": 16, "dec_heads": 2, "dec_depth": 1,
-         "epochs": 4, "checkpoint_every": 2, "batch_size": 4}
+         "epochs": 4, "checkpoint_every": 2, "batch_size": 4, "overrides_json": json.dumps({"mlp_ratio": 4.0})}
 RUN_CONFIG = {"ops": {
     "subjects": {"config": {"train_count": 30, "val_count": 10}},
-    "vit_ae_model": {"config": {"preset": "demo", "overrides_json": json.dumps(MODEL), "device": "cpu"}},
+    "vit_ae_model": {"config": {"preset": "demo", **MODEL, "device": "cpu"}},
     "checkpoint_loci_sweep": {"config": {"every_epochs": 2, "device": "cpu", "patience_epochs": 2}},
     "udip_embeddings": {"config": {"device": "cpu"}},
 }}
@@ -58,7 +59,8 @@ def _one(db: Path, sql: str):
 def test_stages_ran_in_order(pipeline):
     _, _, result = pipeline
     stages = [stage for stage, _, _ in result.runs]
-    assert stages == ["ingest + model", "gwas", "gwas", "loci + annotations"]  # chromosomes 6 and 11
+    # cut from the graph: up to the UDIPs, the GWAS per chromosome (6 and 11), then what follows it
+    assert stages == ["ingest + loci + model", "gwas", "gwas", "annotations + gwas + loci"]
 
 
 def test_training_tables_and_selection(pipeline):
@@ -66,15 +68,18 @@ def test_training_tables_and_selection(pipeline):
     epochs = read_frame(db, "SELECT * FROM training_epochs WHERE cohort = 'e2e' ORDER BY epoch")
     assert epochs["epoch"].tolist() == [1, 2, 3, 4] and epochs["val_loss"].notna().all()
     ck = read_frame(db, "SELECT * FROM checkpoints WHERE cohort = 'e2e' ORDER BY epoch")
-    assert ck["loci_count"].notna().all() and ck["selected"].sum() == 1
-    chosen = ck.loc[ck["selected"], "model_id"].item()
+    assert {2, 4} <= set(ck["epoch"]) and (ck["n_dims"] == 32).all()  # + the best epoch's weights
+    swept = read_frame(db, "SELECT * FROM model_selection WHERE cohort = 'e2e' ORDER BY epoch")
+    assert swept["epoch"].tolist() == [2, 4] and set(swept["model_id"]) <= set(ck["model_id"])
+    assert swept["selected"].sum() == 1
+    chosen = swept.loc[swept["selected"], "model_id"].item()
     assert _one(db, "SELECT DISTINCT model_id FROM udips WHERE cohort = 'e2e' AND split = 'inference' "
                     f"AND model_id = '{chosen}'") == chosen
 
 
 def test_udips_and_gwas_agree(pipeline):
     db, _, _ = pipeline
-    model_id = _one(db, "SELECT model_id FROM checkpoints WHERE cohort = 'e2e' AND selected")
+    model_id = _one(db, "SELECT model_id FROM model_selection WHERE cohort = 'e2e' AND selected")
     udips = read_frame(db, f"SELECT * FROM udips WHERE cohort = 'e2e' AND model_id = '{model_id}'")
     n_inference = _one(db, "SELECT count(*) FROM preprocessed_scans WHERE cohort = 'e2e' AND split = 'inference'")
     assert len(udips) == n_inference and udips[list(UDIP_COLUMNS[:32])].notna().all().all()
@@ -93,7 +98,7 @@ def test_genome_wide_lambda_gc_is_the_median_chi2_of_every_test(pipeline, udip_h
     from scipy import stats
 
     db, _, _ = pipeline
-    model_id = _one(db, "SELECT model_id FROM checkpoints WHERE cohort = 'e2e' AND selected")
+    model_id = _one(db, "SELECT model_id FROM model_selection WHERE cohort = 'e2e' AND selected")
     med = read_frame(db, "SELECT dim, median(p) AS p FROM gwas_sumstats "
                          f"WHERE cohort = 'e2e' AND model_id = '{model_id}' GROUP BY dim ORDER BY dim")
     expected = stats.chi2.isf(med["p"].to_numpy(), 1) / stats.chi2.ppf(0.5, 1)
@@ -106,7 +111,7 @@ def test_loci_are_found_and_are_the_planted_ones(pipeline, udip_home):
     from udip_assets.cohort.truth_check import load_truth, score_loci
 
     db, _, _ = pipeline
-    model_id = _one(db, "SELECT model_id FROM checkpoints WHERE cohort = 'e2e' AND selected")
+    model_id = _one(db, "SELECT model_id FROM model_selection WHERE cohort = 'e2e' AND selected")
     truth = load_truth(udip_home / "cohorts" / "e2e" / "truth.json")
     loci = read_frame(db, f"SELECT * FROM genomic_risk_loci WHERE cohort = 'e2e' AND model_id = '{model_id}'")
     assert set(loci["method"]) <= {"minp", "multivariate"}
@@ -132,14 +137,14 @@ def test_a_32_dim_model_is_thresholded_at_5e_8_over_32(pipeline):
     import dagster as dg
 
     db, instance, _ = pipeline
-    model_id = _one(db, "SELECT model_id FROM checkpoints WHERE cohort = 'e2e' AND selected")
+    model_id = _one(db, "SELECT model_id FROM model_selection WHERE cohort = 'e2e' AND selected")
     minp = read_frame(db, f"SELECT p, significant FROM minp WHERE cohort = 'e2e' AND model_id = '{model_id}'")
     assert (minp["significant"] == (minp["p"] <= 5e-8 / 32)).all()
     meta = instance.get_latest_materialization_event(dg.AssetKey("minp_sumstats")).asset_materialization.metadata
     assert meta["sig_p"].value == pytest.approx(5e-8 / 32) and meta["n_dims"].value == 32
     loci_meta = instance.get_latest_materialization_event(dg.AssetKey("genomic_risk_loci")).asset_materialization
     assert loci_meta.metadata["n_dims"].value == 32
-    n_sig = read_frame(db, f"SELECT n_significant_snps FROM checkpoints WHERE model_id = '{model_id}'").iloc[0, 0]
+    n_sig = read_frame(db, f"SELECT n_significant_snps FROM model_selection WHERE model_id = '{model_id}'").iloc[0, 0]
     assert n_sig == int((minp["p"] <= 5e-8 / 32).sum())  # the sweep counted on the same UDIPs, same rule
 
 
@@ -191,7 +196,7 @@ def test_truth_scores_the_loci_and_runs_the_control_on_the_gwas_subjects(pipelin
     from udip_assets.cli import main
 
     db, _, _ = pipeline
-    model_id = _one(db, "SELECT model_id FROM checkpoints WHERE cohort = 'e2e' AND selected")
+    model_id = _one(db, "SELECT model_id FROM model_selection WHERE cohort = 'e2e' AND selected")
     n_gwas = _one(db, f"SELECT count(*) FROM udips WHERE cohort = 'e2e' AND model_id = '{model_id}' "
                       "AND split = 'inference'")
     out = CliRunner().invoke(main, ["truth", "--cohort", "e2e", "--control"])
@@ -204,3 +209,80 @@ def test_truth_scores_the_loci_and_runs_the_control_on_the_gwas_subjects(pipelin
     # the control tests the image-measured phenotype of exactly the UDIP GWAS subjects and finds the locus
     assert re.search(rf"control \(the planted phenotypes measured in the images of the same {n_gwas} subjects, "
                      r"2 phenotypes.*recall 2/2", out.output)
+
+
+def test_a_32_dim_model_is_thresholded_alike_by_udip_gwas(pipeline, udip_home, tmp_path):
+    """The standalone engine on the same UDIPs: its genome-wide line is the pipeline's, 5e-8 / 32."""
+    from click.testing import CliRunner
+
+    from udip_assets.cli import main
+    from udip_assets.cohort.spec import load_cohort
+    from udip_assets.genetics.design import write_plink2_table
+
+    db, _, _ = pipeline
+    model_id = _one(db, "SELECT model_id FROM model_selection WHERE cohort = 'e2e' AND selected")
+    udips = read_frame(db, f"SELECT * FROM udips WHERE cohort = 'e2e' AND model_id = '{model_id}'")
+    pheno = udips.set_index("subject_id")[list(UDIP_COLUMNS[:32])]
+    write_plink2_table(tmp_path / "pheno.txt", pheno)
+    genotypes = load_cohort(udip_home / "cohorts" / "e2e").genotypes
+    out = CliRunner().invoke(main, ["gwas", "--bfile", str(genotypes),
+                                    "--pheno", str(tmp_path / "pheno.txt"), "--out", str(tmp_path / "run"),
+                                    "--no-sumstats", "--threads", "1"])
+    assert out.exit_code == 0, out.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["n_dims"] == 32 and summary["sig_p"] == pytest.approx(5e-8 / 32)
+
+
+def _stage(keys: str, partition, run_config: dict | None = None):
+    """One in-process run of the assets ``keys`` (a selection string) for one partition key."""
+    import dagster as dg
+
+    from udip_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    return set(dg.AssetSelection.from_string(keys).resolve(graph)), partition, run_config or {}
+
+
+def test_a_rerun_of_training_keeps_the_selection(pipeline):
+    """Training writes checkpoints; the sweep's choice lives in its own table and flows to udip_embeddings."""
+    from udip_assets.defs.run import materialize_cohort
+
+    db, instance, _ = pipeline
+    chosen = _one(db, "SELECT model_id FROM model_selection WHERE cohort = 'e2e' AND selected")
+    rerun = materialize_cohort("e2e", selection="key:vit_ae_model or key:udip_embeddings", run_config=RUN_CONFIG,
+                               instance=instance)
+    assert rerun.success, rerun.failures()
+    assert _one(db, "SELECT model_id FROM model_selection WHERE cohort = 'e2e' AND selected") == chosen
+    import dagster as dg
+
+    meta = instance.get_latest_materialization_event(dg.AssetKey("udip_embeddings")).asset_materialization.metadata
+    assert meta["model_id"].value == chosen and "most loci" in meta["chosen_by"].value
+
+
+def test_a_run_never_mixes_model_ids(pipeline):
+    """Chromosomes of two models (the UDIPs re-encoded between two GWAS runs) stop minP, naming the fix."""
+    import dagster as dg
+
+    from udip_assets.defs.run import _materialize
+
+    db, instance, _ = pipeline
+    chosen = _one(db, "SELECT model_id FROM model_selection WHERE cohort = 'e2e' AND selected")
+    other = _one(db, f"SELECT model_id FROM model_selection WHERE cohort = 'e2e' AND model_id <> '{chosen}'")
+    chrom = {c: dg.MultiPartitionKey({"cohort": "e2e", "chrom": c}) for c in ("6", "11")}
+    other_config = {"ops": {"udip_embeddings": {"config": {"model_id": other, "device": "cpu"}}}}
+    steps = [_stage("key:udip_embeddings", "e2e", other_config), _stage("key:gwas_sumstats", chrom["6"])]
+    for keys, key, config in steps:
+        assert _materialize(keys, key, instance, config).success
+    keys, key, config = _stage("key:minp_sumstats", "e2e")
+    mixed = _materialize(keys, key, instance, config)
+    assert not mixed.success
+    message = " ".join(e.event_specific_data.error.message for e in mixed.all_events if e.is_step_failure)
+    assert f"{other}: chromosomes 6" in message and f"{chosen}: chromosomes 11" in message
+    assert "re-materialize gwas_sumstats for every chromosome" in message
+    assert _one(db, f"SELECT count(*) FROM minp WHERE model_id = '{other}'") == 0  # nothing half-written
+    # the fix the message names: the other chromosome too, then minP is of one model
+    for keys, key, config in (_stage("key:gwas_sumstats", chrom["11"]), _stage("key:minp_sumstats", "e2e")):
+        assert _materialize(keys, key, instance, config).success
+    assert _one(db, f"SELECT count(*) FROM minp WHERE model_id = '{other}'") > 1000
+    meta = instance.get_latest_materialization_event(dg.AssetKey("minp_sumstats")).asset_materialization.metadata
+    assert meta["model_id"].value == other

@@ -79,7 +79,8 @@ def preprocess_subjects(
     Returns
     -------
     rows : DataFrame
-        ``preprocessed_scans`` rows (without ``cohort``).
+        ``preprocessed_scans`` rows (without ``cohort``), one per subject: status 'ok', or 'failed'
+        with its ``reason`` and no cache.
     failures : dict
         ``{subject_id: reason}`` for scans that could not be preprocessed (the run goes on).
     """
@@ -95,17 +96,18 @@ def preprocess_subjects(
         if old is not None and dst.exists() and dst.stat().st_mtime >= Path(rec.scan_path).stat().st_mtime:
             rows.append({**old, "split": rec.split, "visit": int(rec.visit)})
             continue
+        base = {"subject_id": rec.subject_id, "visit": int(rec.visit), "split": rec.split,
+                "source_path": str(rec.scan_path)}
         try:
             res = preprocess_scan(rec.scan_path, dst, spec.grid, cfg)
         except (RuntimeError, ValueError, OSError) as exc:
             failures[rec.subject_id] = f"{rec.scan_path}: {exc}"
+            rows.append({**base, "status": "failed", "reason": failures[rec.subject_id]})
             continue
         rows.append(
             {
-                "subject_id": rec.subject_id,
-                "visit": int(rec.visit),
-                "split": rec.split,
-                "source_path": str(rec.scan_path),
+                **base,
+                "status": "ok",
                 "cache_path": str(dst),
                 "shape": "x".join(map(str, res.shape)),
                 "n_mask_voxels": int(res.n_mask_voxels),
@@ -121,6 +123,8 @@ def _reusable_rows(previous: pd.DataFrame | None, target_shape: str) -> Mapping[
     if previous is None or previous.empty:
         return {}
     ok = previous[previous["shape"] == target_shape]
+    if "status" in ok.columns:  # rows of failed scans are tried again
+        ok = ok[ok["status"].fillna("ok") == "ok"]
     return {
         (r["subject_id"], r["source_path"], r["cache_path"]): {k: v for k, v in r.items() if k != "cohort"}
         for r in ok.to_dict("records")

@@ -16,18 +16,16 @@ for the final GWAS) removes that bias: the final GWAS then tests a model chosen 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from udip_assets.cohort.gwas_inputs import GwasSample
 from udip_assets.errors import UdipConfigError
-from udip_assets.genetics.clump import ClumpConfig, clump_loci
-from udip_assets.genetics.genotype_stream import PlinkSource
-from udip_assets.genetics.gwas import GwasConfig, scan_associations
-from udip_assets.genetics.ld import LDCalculator
-from udip_assets.genetics.plink import read_bim
+from udip_assets.genetics.clump import ClumpConfig
+from udip_assets.genetics.discovery import discover_loci
+from udip_assets.genetics.gwas import GwasConfig
 
 
 @dataclass(frozen=True)
@@ -81,20 +79,11 @@ def patience_stop(points: Sequence[SweepPoint], patience_epochs: int) -> int | N
 
 def loci_of_sample(sample: GwasSample, genotypes: Path, gwas_cfg: GwasConfig, clump_cfg: ClumpConfig,
                    ld_method: str = "haplotype") -> tuple[pd.DataFrame, int]:
-    """GWAS of every chromosome of ``genotypes`` on ``sample``, then FUMA clumping: (loci, n significant SNPs).
+    """The minP loci of ``sample`` (the paper's count) and its number of significant SNPs.
 
-    Nothing is written: the minP of each chromosome is kept in memory (one row per SNP). The loci are
-    the minP ones (the paper's count), so the joint test is not computed.
+    :func:`~udip_assets.genetics.discovery.discover_loci` with the minP only: the sweep and the
+    truth control take the path the pipeline's assets take, in memory.
     """
-    gwas_cfg = replace(gwas_cfg, multivariate=False)
-    chroms = read_bim(genotypes.with_name(genotypes.name + ".bim"))["chrom"].astype(str).unique()
-    iids = list(sample.phenotypes.index)
-    minp = []
-    for chrom in chroms:
-        source = PlinkSource(genotypes, sample_iids=iids, chrom=chrom)
-        result = scan_associations(source, sample.phenotypes, sample.covariates, gwas_cfg, sumstats_path=None)
-        minp.append(result.minp)
-    minp_df = pd.concat(minp, ignore_index=True)
-    ld = LDCalculator(genotypes, sample_iids=iids, method=ld_method, window_bp=clump_cfg.window_bp)
-    loci = clump_loci(minp_df, ld, clump_cfg, progress=False).loci
-    return loci, int((minp_df["p"] <= clump_cfg.sig_p).sum())
+    found = discover_loci(genotypes, sample.phenotypes, sample.covariates, gwas_cfg, {"minp": clump_cfg},
+                          ld_method=ld_method)
+    return found.clumps["minp"].loci, found.n_significant(clump_cfg.sig_p)

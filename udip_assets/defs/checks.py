@@ -49,7 +49,8 @@ def _kinship_threshold(context: dg.AssetCheckExecutionContext, cohort: str) -> f
 def caches_are_zscored(context: dg.AssetCheckExecutionContext, home: UdipHome) -> dg.AssetCheckResult:
     cohort = _partition(context)
     paths = home.query(
-        "SELECT cache_path FROM preprocessed_scans WHERE cohort = ? ORDER BY subject_id LIMIT 5", [cohort]
+        "SELECT cache_path FROM preprocessed_scans WHERE cohort = ? AND status = 'ok' ORDER BY subject_id LIMIT 5",
+        [cohort]
     )["cache_path"].tolist()
     if not paths:
         return dg.AssetCheckResult(passed=False, metadata={"note": "no cached scans"})

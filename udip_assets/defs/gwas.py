@@ -1,25 +1,30 @@
-"""GWAS assets: per-chromosome summary statistics, then the cohort's minP table.
+"""GWAS assets: per-chromosome summary statistics, then the cohort's minP and joint-test tables.
 
 ``gwas_sumstats`` is partitioned by cohort x chromosome, so a backfill runs chromosomes in
-parallel; each partition streams its SNPs through the engine, writes the full statistics to
-Parquet (``artifacts/gwas/cohort=*/model_id=*/chrom=*/sumstats.parquet``, queryable as the DuckDB
-view ``gwas_sumstats``) and the hits below ``keep_p`` to ``gwas_hits``. ``minp_sumstats`` gathers
-every chromosome of a cohort into ``minp`` with genome-wide lambda GC, a Manhattan and a QQ plot.
+parallel; each partition tests the UDIPs of the model its ``udip_embeddings`` input names,
+streams its SNPs through the engine, writes the full statistics to Parquet
+(``artifacts/gwas/cohort=*/model_id=*/chrom=*/sumstats.parquet``, queryable as the DuckDB view
+``gwas_sumstats``) and the hits below ``keep_p`` to ``gwas_hits``. ``minp_sumstats`` and
+``multivariate_sumstats`` gather every chromosome of a cohort (all of one model, or the run fails
+naming the chromosomes to re-run) into ``minp`` with genome-wide lambda GC, a Manhattan and a QQ
+plot, and into ``multivariate``.
 """
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
+from udip_assets.atomic import atomic_path, write_text_atomic, write_tsv_atomic
 from udip_assets.cohort.gwas_inputs import gwas_sample
 from udip_assets.cohort.spec import load_cohort
+from udip_assets.defs.lineage import LINEAGE_IO, ModelRef, one_model
 from udip_assets.defs.partitions import chrom_partitions, cohort_chrom_partitions, cohort_partitions
-from udip_assets.defs.resources import UdipHome, latest_model_id
-from udip_assets.genetics.annotations import write_tsv_atomic
+from udip_assets.defs.resources import UdipHome
 from udip_assets.genetics.clump import genome_wide_threshold
 from udip_assets.genetics.design import PAPER_CATEGORICAL, PAPER_NUMERIC, CovariateSpec
 from udip_assets.genetics.genotype_stream import PlinkSource
@@ -63,24 +68,32 @@ def gwas_dir(home: UdipHome, cohort: str, model_id: str, chrom: str) -> Path:
     return home.artifacts("gwas", f"cohort={cohort}", f"model_id={model_id}", f"chrom={chrom}")
 
 
-def _gather_chromosomes(home: UdipHome, cohort: str, model_id: str, name: str) -> tuple[pd.DataFrame, list[Path]]:
-    """Every chromosome's ``<name>.parquet`` of one model, concatenated (chrom as text), and the files read."""
-    base = model_gwas_dir(home, cohort, model_id)
-    files = sorted(base.glob(f"chrom=*/{name}.parquet"))
-    if not files:
-        raise dg.Failure(f"no {name} results under {base}; materialize gwas_sumstats for cohort {cohort} first")
+def _gather_chromosomes(home: UdipHome, chromosomes: list[ModelRef], cohort: str,
+                        name: str) -> tuple[ModelRef, pd.DataFrame, list[Path]]:
+    """The one model of ``chromosomes`` (gwas_sumstats outputs) and their ``<name>.parquet`` concatenated."""
+    model = one_model(chromosomes, cohort)
+    files = [gwas_dir(home, cohort, model.model_id, str(ref.chrom)) / f"{name}.parquet" for ref in chromosomes]
+    missing = [f for f in files if not f.exists()]
+    if missing:
+        raise dg.Failure(f"{missing[0]} is missing although gwas_sumstats reported it; re-materialize "
+                         f"gwas_sumstats for cohort {cohort}")
     table = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    return table.assign(chrom=table["chrom"].astype(str)), files
+    return model, table.assign(chrom=table["chrom"].astype(str)), files
 
 
-@dg.asset(partitions_def=cohort_chrom_partitions, group_name="gwas", deps=["udip_embeddings"],
-          kinds={"parquet", "duckdb"})
-def gwas_sumstats(context: dg.AssetExecutionContext, config: GwasAssetConfig, home: UdipHome) -> dg.MaterializeResult:
+_BY_COHORT = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="cohort")
+
+
+@dg.asset(partitions_def=cohort_chrom_partitions, group_name="gwas",
+          ins={"udips": dg.AssetIn("udip_embeddings", partition_mapping=_BY_COHORT)},
+          kinds={"parquet", "duckdb"}, io_manager_key=LINEAGE_IO)
+def gwas_sumstats(context: dg.AssetExecutionContext, config: GwasAssetConfig, home: UdipHome,
+                  udips: ModelRef) -> dg.Output[ModelRef]:
     """Every SNP of one chromosome x every UDIP dim: beta, se, t, p (exact OLS with covariates)."""
     keys = context.partition_key.keys_by_dimension
     cohort, chrom = keys["cohort"], keys["chrom"]
     spec = load_cohort(home.cohort_dir(cohort))
-    model_id = latest_model_id(context, "udip_embeddings", cohort)
+    model_id = udips.model_id
     sample = gwas_sample(
         home.query("SELECT * FROM subjects WHERE cohort = ?", [cohort]),
         home.query("SELECT * FROM udips WHERE cohort = ? AND model_id = ?", [cohort, model_id]),
@@ -91,20 +104,20 @@ def gwas_sumstats(context: dg.AssetExecutionContext, config: GwasAssetConfig, ho
     result = scan_associations(source, sample.phenotypes, sample.covariates, config.to_domain(),
                                sumstats_path=out / "sumstats.parquet")
     # the GWAS sample (config.split): the loci's LD is computed over exactly these subjects
-    (out.parent / "samples.txt.tmp").write_text("\n".join(sample.phenotypes.index) + "\n")
-    (out.parent / "samples.txt.tmp").replace(out.parent / "samples.txt")
+    write_text_atomic(out.parent / "samples.txt", "\n".join(sample.phenotypes.index) + "\n")
     for name, table in (("minp", result.minp), ("multivariate", result.multivariate)):
-        table.to_parquet(out / f"{name}.parquet.tmp", index=False)
-        (out / f"{name}.parquet.tmp").replace(out / f"{name}.parquet")
+        with atomic_path(out / f"{name}.parquet") as tmp:
+            table.to_parquet(tmp, index=False)
     # the |t| histogram per dim: minp_sumstats sums the chromosomes' for a genome-wide lambda GC
-    with open(out / "t_histogram.npz.tmp", "wb") as fh:
+    with atomic_path(out / "t_histogram.npz") as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, t_histogram=result.t_histogram, df_ref=result.df_ref)
-    (out / "t_histogram.npz.tmp").replace(out / "t_histogram.npz")
     part = {"cohort": cohort, "model_id": model_id, "chrom": chrom}
     home.write(GWAS_HITS, result.hits.assign(**part), **part)
     _register_sumstats_view(home)
-    return dg.MaterializeResult(metadata={
-        "model_id": model_id, "n_subjects": result.n_samples, "n_variants": result.n_variants,
+    ref = ModelRef(cohort=cohort, model_id=model_id, run_id=udips.run_id, n_dims=sample.phenotypes.shape[1],
+                   chrom=chrom)
+    return dg.Output(ref, metadata={
+        "n_subjects": result.n_samples, "n_variants": result.n_variants,
         "n_dims": sample.phenotypes.shape[1], "n_covariates": sample.covariates.shape[1],
         "covariates": dg.MetadataValue.json(list(sample.covariates.columns)),
         "excluded_subjects": dg.MetadataValue.json(sample.n_excluded),
@@ -127,15 +140,17 @@ class MultivariateConfig(dg.Config):
     sig_p: float = 5e-8
 
 
-@dg.asset(partitions_def=cohort_partitions, group_name="gwas", kinds={"duckdb"},
-          deps=[dg.AssetDep("gwas_sumstats", partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
-              partition_dimension_name="cohort"))])
-def multivariate_sumstats(context: dg.AssetExecutionContext, config: MultivariateConfig,
-                          home: UdipHome) -> dg.MaterializeResult:
+_CHROMOSOMES = {"chromosomes": dg.AssetIn("gwas_sumstats", partition_mapping=_BY_COHORT)}
+
+
+@dg.asset(partitions_def=cohort_partitions, group_name="gwas", kinds={"duckdb"}, ins=_CHROMOSOMES,
+          io_manager_key=LINEAGE_IO)
+def multivariate_sumstats(context: dg.AssetExecutionContext, config: MultivariateConfig, home: UdipHome,
+                          chromosomes: list[ModelRef]) -> dg.Output[ModelRef]:
     """The exact joint F-test of all UDIP dims per SNP (MOSTest's question), all chromosomes of the cohort."""
     cohort = context.partition_key
-    model_id = latest_model_id(context, "udip_embeddings", cohort)
-    table, _ = _gather_chromosomes(home, cohort, model_id, "multivariate")
+    model, table, _ = _gather_chromosomes(home, chromosomes, cohort, "multivariate")
+    model_id = model.model_id
     table["significant"] = table["p"] <= config.sig_p
     home.write(MULTIVARIATE, table.assign(cohort=cohort, model_id=model_id), cohort=cohort, model_id=model_id)
     out = home.artifacts("gwas_reports", cohort, model_id)
@@ -144,8 +159,8 @@ def multivariate_sumstats(context: dg.AssetExecutionContext, config: Multivariat
 
     manhattan_figure(table.assign(dim=0), out / "manhattan_multivariate.png", sig_p=config.sig_p, n_dims=1,
                      title=f"joint test of all UDIP dims, cohort {cohort}")
-    return dg.MaterializeResult(metadata={
-        "model_id": model_id, "n_snps": len(table), "n_significant": int(table["significant"].sum()),
+    return dg.Output(replace(model, chrom=None), metadata={
+        "n_snps": len(table), "n_significant": int(table["significant"].sum()),
         "df1": int(table["df1"].max()) if len(table) else 0, "sig_p": config.sig_p,
         "min_p": float(table["p"].min()) if len(table) else float("nan"),
         "manhattan": dg.MetadataValue.path(str(out / "manhattan_multivariate.png")),
@@ -158,14 +173,14 @@ class MinpConfig(dg.Config):
     sig_p: float | None = None
 
 
-@dg.asset(partitions_def=cohort_partitions, group_name="gwas", kinds={"duckdb"},
-          deps=[dg.AssetDep("gwas_sumstats", partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
-              partition_dimension_name="cohort"))])
-def minp_sumstats(context: dg.AssetExecutionContext, config: MinpConfig, home: UdipHome) -> dg.MaterializeResult:
+@dg.asset(partitions_def=cohort_partitions, group_name="gwas", kinds={"duckdb"}, ins=_CHROMOSOMES,
+          io_manager_key=LINEAGE_IO)
+def minp_sumstats(context: dg.AssetExecutionContext, config: MinpConfig, home: UdipHome,
+                  chromosomes: list[ModelRef]) -> dg.Output[ModelRef]:
     """Minimum p over the UDIP dims per SNP, all chromosomes of the cohort; lambda GC per dim; plots."""
     cohort = context.partition_key
-    model_id = latest_model_id(context, "udip_embeddings", cohort)
-    minp, files = _gather_chromosomes(home, cohort, model_id, "minp")
+    model, minp, files = _gather_chromosomes(home, chromosomes, cohort, "minp")
+    model_id = model.model_id
     lambdas = _lambda_gc(files)  # one per dim tested
     sig_p = config.sig_p if config.sig_p is not None else genome_wide_threshold(len(lambdas))
     minp["significant"] = minp["p"] <= sig_p
@@ -177,9 +192,9 @@ def minp_sumstats(context: dg.AssetExecutionContext, config: MinpConfig, home: U
     manhattan_figure(minp, out / "manhattan.png", sig_p=sig_p, n_dims=len(lambdas))
     qq_figure(minp["p"].to_numpy(), out / "qq.png", min_of=len(lambdas),
               title=f"QQ of minP, Sidak-adjusted for {len(lambdas)} dims")
-    (out / "lambda_gc.json").write_text(json.dumps({"lambda_gc": lambdas.tolist()}))
-    return dg.MaterializeResult(metadata={
-        "model_id": model_id, "n_snps": len(minp), "n_significant": int(minp["significant"].sum()),
+    write_text_atomic(out / "lambda_gc.json", json.dumps({"lambda_gc": lambdas.tolist()}))
+    return dg.Output(replace(model, chrom=None), metadata={
+        "n_snps": len(minp), "n_significant": int(minp["significant"].sum()),
         "n_chromosomes": len(files), "sig_p": sig_p, "n_dims": len(lambdas),
         "lambda_gc_min": float(np.nanmin(lambdas)), "lambda_gc_median": float(np.nanmedian(lambdas)),
         "lambda_gc_max": float(np.nanmax(lambdas)),

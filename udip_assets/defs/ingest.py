@@ -106,15 +106,17 @@ def preprocessed_scans(
     cache_dir = home.artifacts("preprocessed", spec.name, f"{spec.grid.name}_{cfg.cache_dtype}")
     rows, failures = preprocess_subjects(kept, spec, cache_dir, cfg, previous=previous)
     for sid, reason in failures.items():
-        context.log.error(f"subject {sid} could not be preprocessed: {reason}")
+        context.log.error(f"subject {sid} could not be preprocessed (a 'failed' row of preprocessed_scans): {reason}")
     home.write(PREPROCESSED_SCANS, rows, cohort=spec.name)
+    ok = rows[rows["status"] == "ok"] if len(rows) else rows
     return dg.MaterializeResult(
         metadata={
-            "n_scans": len(rows),
+            "n_scans": len(ok),
             "n_failed": len(failures),
+            "failed": dg.MetadataValue.json(failures),
             "cache_dir": dg.MetadataValue.path(str(cache_dir)),
-            "shape": rows["shape"].iloc[0] if len(rows) else None,
-            "seconds_per_scan": float(rows["seconds"].mean()) if len(rows) else None,
+            "shape": ok["shape"].iloc[0] if len(ok) else None,
+            "seconds_per_scan": float(ok["seconds"].mean()) if len(ok) else None,
             "config": dg.MetadataValue.json(config.model_dump()),
         }
     )

@@ -1,8 +1,11 @@
-"""Loci assets: FUMA-style genomic risk loci from the minP table, and the annotation inputs dbt reads.
+"""Loci assets: FUMA-style genomic risk loci from the minP and joint-test tables, and the annotation
+inputs dbt reads.
 
-``genomic_risk_loci`` writes three tables (genomic_risk_loci, lead_snps, ind_sig_snps) and a
-FUMA-compatible ``GenomicRiskLoci.txt``; ``gene_annotations`` loads the cohort's gene table,
-reference loci and GWAS Catalog file into ``genes``, ``reference_loci`` and ``gwas_catalog``.
+``genomic_risk_loci`` clumps the model that ``minp_sumstats`` and ``multivariate_sumstats`` both
+name (their outputs are its inputs; they must agree), writes three tables (genomic_risk_loci,
+lead_snps, ind_sig_snps) and a FUMA-compatible ``GenomicRiskLoci.txt``; ``gene_annotations`` loads
+the cohort's gene table, reference loci and GWAS Catalog file into ``genes``, ``reference_loci``
+and ``gwas_catalog``.
 """
 
 import time
@@ -12,10 +15,12 @@ import pandas as pd
 
 from udip_assets.cohort.spec import load_cohort
 from udip_assets.defs.gwas import model_gwas_dir
+from udip_assets.defs.lineage import ModelRef, same_model
 from udip_assets.defs.partitions import cohort_partitions
-from udip_assets.defs.resources import UdipHome, latest_model_id
+from udip_assets.defs.resources import UdipHome
 from udip_assets.genetics.annotations import read_gene_table, read_gwas_catalog, read_reference_loci
-from udip_assets.genetics.clump import ClumpConfig, clump_loci, genome_wide_threshold, write_fuma_loci
+from udip_assets.genetics.clump import ClumpConfig, genome_wide_threshold, write_fuma_loci
+from udip_assets.genetics.discovery import clump_methods, joint_as_minp
 from udip_assets.genetics.ld import LDCalculator
 from udip_assets.store.schema import (
     GENES,
@@ -24,11 +29,7 @@ from udip_assets.store.schema import (
     IND_SIG_SNPS,
     LEAD_SNPS,
     REFERENCE_LOCI,
-    UDIP_COLUMNS,
 )
-
-MINP_KEY = dg.AssetKey("minp_sumstats")
-MULTIVARIATE_KEY = dg.AssetKey("multivariate_sumstats")
 
 
 class LociConfig(dg.Config):
@@ -40,11 +41,13 @@ class LociConfig(dg.Config):
     sig_p: float | None = None
     min_maf: float = ClumpConfig().min_maf
     exclude_mhc: bool = ClumpConfig().exclude_mhc
+    mhc_region_bp: list[int] = list(ClumpConfig().mhc_region_bp)
     r2_ind: float = ClumpConfig().r2_ind
     candidate_p: float = ClumpConfig().candidate_p
     r2_lead: float = ClumpConfig().r2_lead
     merge_distance_bp: int = ClumpConfig().merge_distance_bp
     window_bp: int = ClumpConfig().window_bp
+    include_panel_snps: bool = ClumpConfig().include_panel_snps
     multivariate_sig_p: float = 5e-8
     ld_method: str = "haplotype"
     ld_reference: str | None = None
@@ -56,8 +59,10 @@ class LociConfig(dg.Config):
         else:
             sig_p = self.sig_p if self.sig_p is not None else genome_wide_threshold(n_dims)
         return ClumpConfig(sig_p=sig_p, min_maf=self.min_maf, exclude_mhc=self.exclude_mhc,
-                           r2_ind=self.r2_ind, candidate_p=self.candidate_p, r2_lead=self.r2_lead,
-                           merge_distance_bp=self.merge_distance_bp, window_bp=self.window_bp)
+                           mhc_region_bp=tuple(self.mhc_region_bp), r2_ind=self.r2_ind,
+                           candidate_p=self.candidate_p, r2_lead=self.r2_lead,
+                           merge_distance_bp=self.merge_distance_bp, window_bp=self.window_bp,
+                           include_panel_snps=self.include_panel_snps)
 
 
 def _gwas_sample_ids(home: UdipHome, cohort: str, model_id: str) -> list[str]:
@@ -69,44 +74,38 @@ def _gwas_sample_ids(home: UdipHome, cohort: str, model_id: str) -> list[str]:
     return [line for line in path.read_text().splitlines() if line]
 
 
-def n_model_dims(home: UdipHome, cohort: str, model_id: str) -> int:
-    """UDIP dims of ``model_id``: the ``udips`` columns it fills (a narrower model leaves the rest NULL)."""
-    row = home.query("SELECT * FROM udips WHERE cohort = ? AND model_id = ? LIMIT 1", [cohort, model_id])
-    if row.empty:
-        raise dg.Failure(f"no UDIPs of model {model_id} for cohort {cohort}; materialize udip_embeddings first")
-    return int(row[[c for c in UDIP_COLUMNS if c in row.columns]].notna().sum(axis=1).iloc[0])
+_UPSTREAM = ["minp_sumstats", "multivariate_sumstats"]
 
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec("genomic_risk_loci", deps=[MINP_KEY, MULTIVARIATE_KEY], kinds={"duckdb"},
+        dg.AssetSpec("genomic_risk_loci", deps=_UPSTREAM, kinds={"duckdb"},
                      description="One row per genomic risk locus and method (FUMA GenomicRiskLoci.txt columns)."),
-        dg.AssetSpec("lead_snps", deps=[MINP_KEY, MULTIVARIATE_KEY], kinds={"duckdb"},
+        dg.AssetSpec("lead_snps", deps=_UPSTREAM, kinds={"duckdb"},
                      description="One row per lead SNP and method (FUMA leadSNPs.txt)."),
-        dg.AssetSpec("ind_sig_snps", deps=[MINP_KEY, MULTIVARIATE_KEY], kinds={"duckdb"},
+        dg.AssetSpec("ind_sig_snps", deps=_UPSTREAM, kinds={"duckdb"},
                      description="One row per independent significant SNP and method (FUMA IndSigSNPs.txt)."),
     ],
     partitions_def=cohort_partitions,
     group_name="loci",
+    ins={"minp_model": dg.AssetIn("minp_sumstats"), "joint_model": dg.AssetIn("multivariate_sumstats")},
 )
-def genomic_risk_loci(context: dg.AssetExecutionContext, config: LociConfig, home: UdipHome):
+def genomic_risk_loci(context: dg.AssetExecutionContext, config: LociConfig, home: UdipHome, minp_model: ModelRef,
+                      joint_model: ModelRef):
     """FUMA SNP2GENE clumping of the minP table and of the joint test, LD from the cohort's genotypes (or a panel)."""
     cohort = context.partition_key
     spec = load_cohort(home.cohort_dir(cohort))
-    model_id = latest_model_id(context, "minp_sumstats", cohort)
+    model = same_model({"minp_sumstats": minp_model, "multivariate_sumstats": joint_model}, cohort)
+    model_id, n_dims = model.model_id, model.n_dims
     minp = home.query("SELECT snp, chrom, pos_bp, a1, a2, p, dim, beta, se, maf FROM minp "
                       "WHERE cohort = ? AND model_id = ?", [cohort, model_id])
-    joint = home.query("SELECT v.snp, v.chrom, v.pos_bp, v.a1, v.a2, v.p, -1 AS dim, NULL::DOUBLE AS beta, "
-                       "NULL::DOUBLE AS se, m.maf FROM multivariate v JOIN minp m USING (cohort, model_id, snp) "
-                       "WHERE v.cohort = ? AND v.model_id = ?", [cohort, model_id])
+    joint = home.query("SELECT * FROM multivariate WHERE cohort = ? AND model_id = ?", [cohort, model_id])
     prefix = config.ld_reference or spec.genotypes
     samples = None if config.ld_reference else _gwas_sample_ids(home, cohort, model_id)
     started = time.perf_counter()
     ld = LDCalculator(prefix, sample_iids=samples, method=config.ld_method, window_bp=config.window_bp)
-    n_dims = n_model_dims(home, cohort, model_id)
-    results = {"minp": clump_loci(minp, ld, config.to_domain(n_dims, "minp"))}
-    if len(joint):
-        results["multivariate"] = clump_loci(joint, ld, config.to_domain(n_dims, "multivariate"))
+    results = clump_methods(minp, joint_as_minp(joint, minp), ld,
+                            {m: config.to_domain(n_dims, m) for m in ("minp", "multivariate")})
     seconds = time.perf_counter() - started
     part = {"cohort": cohort, "model_id": model_id}
     tables = {"genomic_risk_loci": (GENOMIC_RISK_LOCI, "loci"), "lead_snps": (LEAD_SNPS, "lead_snps"),

@@ -2,8 +2,10 @@
 
 ``vit_ae_model`` trains on a cohort's train/val split; its training id is a hash of the resolved
 configuration and the cohort, so re-materializing the same configuration resumes (or reuses) the
-run's checkpoints instead of starting over. ``udip_embeddings`` encodes the inference split with a
-chosen checkpoint (``model_id``) and ``reconstruction_qc`` summarises the per-scan losses.
+run's checkpoints instead of starting over. It is the only writer of ``checkpoints``.
+``udip_embeddings`` encodes the GWAS split with the model the loci sweep selected (its input, see
+:mod:`udip_assets.defs.lineage`) and is the only writer of ``udips``; ``reconstruction_qc``
+summarises the per-scan losses of those UDIPs.
 """
 
 import hashlib
@@ -16,31 +18,69 @@ from datetime import UTC, datetime
 import dagster as dg
 import pandas as pd
 
+from udip_assets.defs.lineage import LINEAGE_IO, OPTIONAL, ModelRef
 from udip_assets.defs.partitions import cohort_partitions
-from udip_assets.defs.resources import UdipHome, latest_model_id
+from udip_assets.defs.resources import UdipHome
 from udip_assets.defs.tracking import MlflowTracking
 from udip_assets.interpret.qc import effective_rank, extreme_outliers, loss_figure, udip_violin_figure
 from udip_assets.model.checkpoint import epoch_checkpoint_name, load_checkpoint, model_id_for
 from udip_assets.model.config import preset
 from udip_assets.model.extract import extract_udips, reconstruction_figure
 from udip_assets.model.train import TrainCallback, train_model
-from udip_assets.store.schema import CHECKPOINTS, TRAINING_EPOCHS, UDIP_COLUMNS, UDIP_SPECTRUM, UDIPS
+from udip_assets.store.schema import (
+    CHECKPOINTS,
+    SWEEP_UDIPS,
+    TRAINING_EPOCHS,
+    UDIP_SPECTRUM,
+    model_udip_columns,
+    udips_table,
+)
 
 
 class ModelAssetConfig(dg.Config):
-    """The preset and any field of ModelConfig / TrainConfig to override (JSON object)."""
+    """The preset and the ModelConfig / TrainConfig fields to override, each a typed launchpad field.
+
+    A field left None keeps the preset's value. ``overrides_json`` (a JSON object) reaches any other
+    field of either dataclass; a field set both ways is an error.
+    """
 
     preset: str = "demo"
-    overrides_json: str = "{}"
     device: str = "auto"
+    epochs: int | None = None
+    checkpoint_every: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    lr_step_epochs: int | None = None
+    enc_dim: int | None = None
+    enc_depth: int | None = None
+    enc_heads: int | None = None
+    dec_dim: int | None = None
+    dec_depth: int | None = None
+    dec_heads: int | None = None
+    patch: list[int] | None = None
+    overrides_json: str = "{}"
 
-    def resolved(self):
+    def overrides(self) -> dict:
+        """The fields to override: the typed ones that are set, then ``overrides_json``'s."""
+        typed = {k: v for k, v in self.model_dump().items() if k in TYPED_OVERRIDES and v is not None}
         try:
-            overrides = json.loads(self.overrides_json)
+            extra = json.loads(self.overrides_json)
         except json.JSONDecodeError as exc:
             raise dg.Failure(f"overrides_json is not valid JSON ({exc}); give an object such as "
-                             '{"epochs": 10, "enc_depth": 4}') from exc
-        return preset(self.preset, **overrides)
+                             '{"dropout": 0.1}') from exc
+        if not isinstance(extra, dict):
+            raise dg.Failure(f"overrides_json must be a JSON object, got {self.overrides_json!r}")
+        both = sorted(set(typed) & set(extra))
+        if both:
+            raise dg.Failure(f"{both} set both as config fields and in overrides_json; set each once")
+        return {**typed, **extra}
+
+    def resolved(self):
+        return preset(self.preset, **self.overrides())
+
+
+TYPED_OVERRIDES = ("epochs", "checkpoint_every", "batch_size", "lr", "lr_step_epochs", "enc_dim", "enc_depth",
+                    "enc_heads", "dec_dim", "dec_depth", "dec_heads", "patch")
 
 
 def resolve_device(name: str) -> str:
@@ -66,10 +106,11 @@ def training_run_id(cohort: str, model_cfg, train_cfg) -> str:
 
 
 def split_scans(home: UdipHome, cohort: str, splits: tuple[str, ...]) -> pd.DataFrame:
-    """Preprocessed scans of ``cohort`` in ``splits``: subject_id, visit, split, cache_path."""
+    """Preprocessed scans of ``cohort`` in ``splits`` (failed ones left out): subject_id, visit, split, cache_path."""
     marks = ", ".join("?" for _ in splits)
     return home.query(f"SELECT subject_id, visit, split, cache_path FROM preprocessed_scans "
-                      f"WHERE cohort = ? AND split IN ({marks}) ORDER BY subject_id", [cohort, *splits])
+                      f"WHERE cohort = ? AND status = 'ok' AND split IN ({marks}) ORDER BY subject_id",
+                      [cohort, *splits])
 
 
 class _Recorder(TrainCallback):
@@ -87,9 +128,9 @@ class _Recorder(TrainCallback):
 
 
 @dg.asset(partitions_def=cohort_partitions, group_name="model", deps=["preprocessed_scans"],
-          kinds={"pytorch", "mlflow", "duckdb"})
+          kinds={"pytorch", "mlflow", "duckdb"}, io_manager_key=LINEAGE_IO)
 def vit_ae_model(context: dg.AssetExecutionContext, config: ModelAssetConfig, home: UdipHome,
-                 mlflow: MlflowTracking) -> dg.MaterializeResult:
+                 mlflow: MlflowTracking) -> dg.Output[ModelRef]:
     """Train the ViT autoencoder on the cohort's train split, validating on its val split."""
     cohort = context.partition_key
     model_cfg, train_cfg = config.resolved()
@@ -117,8 +158,9 @@ def vit_ae_model(context: dg.AssetExecutionContext, config: ModelAssetConfig, ho
         mlflow_run = tracked.run_id
     _write_training_tables(home, cohort, run_id, result, mlflow_run, model_cfg, train_cfg)
     best_id = model_id_for(run_id, result.best_epoch)
-    return dg.MaterializeResult(metadata={
-        "model_id": best_id, "training_run": run_id, "mlflow_run_id": mlflow_run, "device": device,
+    ref = ModelRef(cohort=cohort, model_id=best_id, run_id=run_id, n_dims=model_cfg.enc_dim)
+    return dg.Output(ref, metadata={
+        "training_run": run_id, "mlflow_run_id": mlflow_run, "device": device,
         "epochs": result.epochs_run, "best_epoch": result.best_epoch,
         "final_train_loss": result.final_train_loss, "final_val_loss": result.final_val_loss,
         "best_val_loss": result.best_val_loss, "checkpoint": dg.MetadataValue.path(str(result.best_path)),
@@ -140,35 +182,35 @@ def _write_training_tables(home, cohort, run_id, result, mlflow_run, model_cfg, 
         saved[result.best_epoch] = keep
     val_by_epoch = dict(zip(history["epoch"], history["val_loss"], strict=True)) if len(history) else {}
     rows = [{"model_id": model_id_for(run_id, epoch), "epoch": epoch, "path": str(path), "mlflow_run_id": mlflow_run,
-             "val_loss": val_by_epoch.get(epoch), "is_best": epoch == result.best_epoch, "config_json": cfg_json,
+             "val_loss": val_by_epoch.get(epoch), "is_best": epoch == result.best_epoch,
+             "n_dims": model_cfg.enc_dim, "config_json": cfg_json,
              "created_at": datetime.now(UTC).replace(tzinfo=None)}
             for epoch, path in sorted(saved.items())]
     home.write(CHECKPOINTS, pd.DataFrame(rows).assign(**part), **part)
 
 
-def encode_scans(home: UdipHome, cohort: str, model_id: str, checkpoint: str, scans: pd.DataFrame, *,
-                 batch_size: int, device: str) -> tuple[pd.DataFrame, bool]:
-    """``udips`` rows of ``scans`` (from :func:`split_scans`) under ``model_id``: (rows, reused).
-
-    Rows already in the warehouse for every scan are reused (the loci sweep and ``udip_embeddings``
-    encode the same scans with the same checkpoint); otherwise the scans are encoded and the
-    (cohort, model_id) partition of ``udips`` is replaced.
-    """
-    if not home.query("SELECT 1 FROM duckdb_tables() WHERE table_name = ?", [UDIPS.name]).empty:
-        done = home.query("SELECT * FROM udips WHERE cohort = ? AND model_id = ?", [cohort, model_id])
-    else:  # a fresh warehouse: the table is created by its first write
-        done = pd.DataFrame(columns=["subject_id"])
-    if set(scans["subject_id"]) <= set(done["subject_id"]):
-        return done[done["subject_id"].isin(scans["subject_id"])], True
+def encode_scans(checkpoint: str, scans: pd.DataFrame, *, batch_size: int, device: str) -> pd.DataFrame:
+    """UDIP rows (``udips`` columns less cohort/model_id) of ``scans`` (from :func:`split_scans`)."""
     udips = extract_udips(checkpoint, scans["cache_path"].tolist(), scans["subject_id"].tolist(),
                           batch_size=batch_size, device=device)
     rows = udips.merge(scans[["subject_id", "visit", "split"]], on="subject_id", how="left")
-    home.write(UDIPS, rows.assign(cohort=cohort, model_id=model_id), cohort=cohort, model_id=model_id)
-    return rows, False
+    return rows.assign(n_dims=len(model_udip_columns(udips)))
+
+
+def stored_udips(home: UdipHome, table: str, cohort: str, model_id: str, subject_ids) -> pd.DataFrame | None:
+    """The rows of ``table`` for (cohort, model_id) when they cover every one of ``subject_ids``, else None."""
+    if not home.has_table(table):
+        return None  # a fresh warehouse: the table is created by its first write
+    done = home.query(f"SELECT * FROM {table} WHERE cohort = ? AND model_id = ?", [cohort, model_id])
+    wanted = set(subject_ids)
+    if not wanted <= set(done["subject_id"]):
+        return None
+    return done[done["subject_id"].isin(wanted)].drop(columns=["cohort", "model_id"])
 
 
 class EmbeddingConfig(dg.Config):
-    """Which checkpoint encodes the cohort: a model_id, or the cohort's selected/best one."""
+    """Which checkpoint encodes the cohort: the loci sweep's choice (default), a model_id, or another
+    cohort's selected model (``model_cohort``: encode this cohort with a model trained elsewhere)."""
 
     model_id: str | None = None
     model_cohort: str | None = None
@@ -177,54 +219,79 @@ class EmbeddingConfig(dg.Config):
     device: str = "auto"
 
 
-def choose_checkpoint(home: UdipHome, cohort: str, model_id: str | None) -> pd.Series:
-    """The ``checkpoints`` row to encode with: ``model_id`` if given, else the loci-selected, else the best."""
-    ck = home.query("SELECT * FROM checkpoints WHERE cohort = ? ORDER BY created_at DESC, epoch DESC", [cohort])
-    if model_id:
-        ck = home.query("SELECT * FROM checkpoints WHERE model_id = ?", [model_id])
-        if ck.empty:
-            raise dg.Failure(f"no checkpoint with model_id {model_id!r}; see `udip sql 'select * from checkpoints'`")
-        return ck.iloc[0]
+def checkpoint_row(home: UdipHome, model_id: str) -> pd.Series:
+    """The ``checkpoints`` row of ``model_id``."""
+    ck = home.query("SELECT * FROM checkpoints WHERE model_id = ?", [model_id])
     if ck.empty:
-        raise dg.Failure(f"cohort {cohort} has no trained checkpoints; materialize vit_ae_model first")
-    latest = ck[ck["run_id"] == ck["run_id"].iloc[0]]
-    if "selected" in latest.columns and latest["selected"].fillna(False).any():
-        return latest[latest["selected"].fillna(False)].iloc[0]
-    return latest[latest["is_best"]].iloc[0] if latest["is_best"].any() else latest.iloc[0]
+        raise dg.Failure(f"no checkpoint with model_id {model_id!r}; see `udip sql 'select * from checkpoints'`")
+    return ck.iloc[0]
 
 
-@dg.asset(partitions_def=cohort_partitions, group_name="model",
-          deps=[vit_ae_model, "preprocessed_scans", "checkpoint_loci_sweep"], kinds={"pytorch", "duckdb"})
-def udip_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, home: UdipHome) -> dg.MaterializeResult:
-    """Encode every inference-split scan: 128 UDIPs and the reconstruction loss per subject."""
+def choose_model(context, home: UdipHome, config: EmbeddingConfig, trained: ModelRef | None,
+                 selected: ModelRef | None) -> tuple[str, str]:
+    """(model_id, why) for ``udip_embeddings``: config, else the sweep's selection, else the best val loss."""
+    if config.model_id:
+        return config.model_id, "config model_id"
+    if config.model_cohort:
+        chosen = (home.query("SELECT model_id FROM model_selection WHERE cohort = ? AND selected",
+                             [config.model_cohort]) if home.has_table("model_selection") else pd.DataFrame())
+        if chosen.empty:
+            raise dg.Failure(f"cohort {config.model_cohort} has no selected model; materialize its "
+                             "checkpoint_loci_sweep first, or give model_id")
+        return str(chosen["model_id"].iloc[0]), f"selected for cohort {config.model_cohort}"
+    if selected is not None:
+        if trained is not None and trained.run_id != selected.run_id:
+            context.log.warning(f"the loci sweep chose among run {selected.run_id}'s checkpoints but the latest "
+                                f"training run is {trained.run_id}; materialize checkpoint_loci_sweep to choose "
+                                "among the new run's")
+        return selected.model_id, "most loci (checkpoint_loci_sweep)"
+    if trained is None:
+        raise dg.Failure("neither vit_ae_model nor checkpoint_loci_sweep has been materialized for this cohort; "
+                         "materialize them first, or give model_id")
+    context.log.warning(f"no loci sweep for run {trained.run_id}: encoding with its lowest validation loss "
+                        f"checkpoint {trained.model_id}; materialize checkpoint_loci_sweep to select by loci")
+    return trained.model_id, "lowest validation loss (no loci sweep)"
+
+
+@dg.asset(partitions_def=cohort_partitions, group_name="model", deps=["preprocessed_scans"],
+          ins={"trained": dg.AssetIn("vit_ae_model", metadata=OPTIONAL),
+               "selected": dg.AssetIn("checkpoint_loci_sweep", metadata=OPTIONAL)},
+          kinds={"pytorch", "duckdb"}, io_manager_key=LINEAGE_IO)
+def udip_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, home: UdipHome,
+                    trained: ModelRef | None, selected: ModelRef | None) -> dg.Output[ModelRef]:
+    """Encode every GWAS-split scan with the selected model: its UDIPs and reconstruction loss per subject."""
     cohort = context.partition_key
-    ck = choose_checkpoint(home, config.model_cohort or cohort, config.model_id)
+    model_id, why = choose_model(context, home, config, trained, selected)
+    ck = checkpoint_row(home, model_id)
     scans = split_scans(home, cohort, tuple(config.splits))
     if scans.empty:
         raise dg.Failure(f"cohort {cohort} has no preprocessed scans in splits {config.splits}")
     started = time.perf_counter()
-    rows, reused = encode_scans(home, cohort, ck["model_id"], ck["path"], scans, batch_size=config.batch_size,
-                                device=resolve_device(config.device))
+    rows = stored_udips(home, SWEEP_UDIPS.name, cohort, model_id, scans["subject_id"])
+    reused = rows is not None
     if reused:
-        context.log.info(f"UDIPs of {ck['model_id']} for all {len(rows)} scans are in the warehouse; reused")
+        context.log.info(f"the loci sweep encoded all {len(rows)} scans with {model_id}; its UDIPs are reused")
+    else:
+        rows = encode_scans(ck["path"], scans, batch_size=config.batch_size, device=resolve_device(config.device))
+    n_dims = len(model_udip_columns(rows))
+    home.write(udips_table(n_dims), rows.assign(cohort=cohort, model_id=model_id), cohort=cohort, model_id=model_id)
     seconds = time.perf_counter() - started
-    return dg.MaterializeResult(metadata={
-        "model_id": ck["model_id"], "checkpoint": dg.MetadataValue.path(ck["path"]), "n_subjects": len(rows),
-        "reused": reused,
-        "n_dims": sum(c in rows.columns for c in UDIP_COLUMNS), "seconds_per_scan": seconds / max(len(rows), 1),
+    ref = ModelRef(cohort=cohort, model_id=model_id, run_id=str(ck["run_id"]), n_dims=n_dims)
+    return dg.Output(ref, metadata={
+        "chosen_by": why, "checkpoint": dg.MetadataValue.path(ck["path"]), "n_subjects": len(rows),
+        "reused": reused, "n_dims": n_dims, "seconds_per_scan": seconds / max(len(rows), 1),
         "mean_recon_loss": float(rows["recon_loss"].mean())})
 
 
-@dg.asset(partitions_def=cohort_partitions, group_name="model", deps=[udip_embeddings], kinds={"duckdb"})
-def reconstruction_qc(context: dg.AssetExecutionContext, home: UdipHome) -> dg.MaterializeResult:
+@dg.asset(partitions_def=cohort_partitions, group_name="model", ins={"embedded": dg.AssetIn("udip_embeddings")},
+          kinds={"duckdb"})
+def reconstruction_qc(context: dg.AssetExecutionContext, home: UdipHome, embedded: ModelRef) -> dg.MaterializeResult:
     """Reconstruction loss (3-IQR extreme outliers, figures), UDIP violins, UDIP spread (``udip_spectrum``)."""
-    cohort = context.partition_key
-    model_id = latest_model_id(context, "udip_embeddings", cohort)
+    cohort, model_id = context.partition_key, embedded.model_id
     udips = home.query("SELECT * FROM udips WHERE cohort = ? AND model_id = ? ORDER BY subject_id", [cohort, model_id])
     losses = udips.set_index("subject_id")["recon_loss"]
     summary, is_outlier = extreme_outliers(losses)
-    # A model with enc_dim < 128 leaves the remaining udip_* columns NULL: they are not dimensions.
-    matrix = udips[[c for c in UDIP_COLUMNS if c in udips.columns and udips[c].notna().any()]].to_numpy("float64")
+    matrix = udips[model_udip_columns(udips)].to_numpy("float64")
     spectrum = effective_rank(matrix)
     home.write(UDIP_SPECTRUM, pd.DataFrame([{**asdict(spectrum), "explained": json.dumps(list(spectrum.explained)),
                                              "computed_at": datetime.now(UTC).replace(tzinfo=None)}]),

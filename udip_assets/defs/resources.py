@@ -44,14 +44,6 @@ class UdipHome(dg.ConfigurableResource):
         with connect(self.warehouse_path()) as con:
             return con.execute(sql, params or []).df()
 
-
-def latest_model_id(context: dg.AssetExecutionContext, asset: str, cohort: str) -> str:
-    """The ``model_id`` recorded by the latest materialization of ``asset`` for ``cohort``."""
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[cohort]), limit=1).records
-    event = records[0].event_log_entry if records else None
-    meta = event.asset_materialization.metadata if event and event.asset_materialization else {}
-    if "model_id" not in meta:
-        raise dg.Failure(f"{asset} has no materialization with a model_id for cohort {cohort!r}; "
-                         f"materialize {asset} for this cohort first")
-    return str(meta["model_id"].value)
+    def has_table(self, name: str) -> bool:
+        """Whether the warehouse has table ``name`` yet (tables are created by their first write)."""
+        return not self.query("SELECT 1 FROM duckdb_tables() WHERE table_name = ?", [name]).empty

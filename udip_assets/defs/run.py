@@ -41,12 +41,58 @@ def ensure_dagster_home(home: Path | None = None) -> Path:
     return home
 
 
-# The pipeline in runs: a Dagster run has one partition key, and GWAS partitions are cohort x chrom.
-STAGES: tuple[tuple[str, str], ...] = (
-    ("ingest + model", "group:ingest or group:model"),
-    ("gwas", "key:gwas_sumstats"),
-    ("loci + annotations", "key:minp_sumstats or key:multivariate_sumstats or group:loci or group:annotations"),
-)
+@dataclass(frozen=True)
+class Stage:
+    """Assets that run together: one partitions definition, each upstream in this or an earlier stage."""
+
+    keys: frozenset[dg.AssetKey]
+    multi: bool  # cohort x chromosome partitions (one run per chromosome)
+    label: str
+
+
+def plan_stages(defs: dg.Definitions, selection: str | None = None) -> list[Stage]:
+    """The selected assets cut into stages, from the asset graph: a Dagster run has one partition key.
+
+    An asset's stage is its latest parent's, plus one where the partitions change (cohort ->
+    cohort x chromosome -> cohort), so the stages are as few as the graph allows and in its order.
+    """
+    graph = defs.resolve_asset_graph()
+    wanted = dg.AssetSelection.from_string(selection) if selection else dg.AssetSelection.all()
+    chosen = {k for k in wanted.resolve(graph) if graph.get(k).is_materializable}
+    level = _stage_levels(graph, chosen)
+    stages = []
+    for index in sorted(set(level.values())):
+        keys = [k for k, v in level.items() if v == index]
+        for multi in (False, True):
+            part = [k for k in keys if _is_multi(graph.get(k).partitions_def) == multi]
+            if part:
+                groups = sorted({graph.get(k).group_name or "default" for k in part})
+                stages.append(Stage(frozenset(part), multi, " + ".join(groups)))
+    return stages
+
+
+def _stage_levels(graph, chosen: set[dg.AssetKey]) -> dict[dg.AssetKey, int]:
+    """Stage index per asset; the assets of one op (the dbt project) share the latest of their stages,
+    so that the op runs once."""
+    floor: dict[dg.AssetKey, int] = {}
+    while True:
+        level: dict[dg.AssetKey, int] = {}
+        for key in graph.toposorted_asset_keys:
+            if key in chosen:
+                node = graph.get(key)
+                level[key] = max([floor.get(key, 0), *(level[p] + (graph.get(p).partitions_def != node.partitions_def)
+                                                       for p in node.parent_keys if p in level)])
+        by_op: dict[int, list[dg.AssetKey]] = {}
+        for key in level:
+            by_op.setdefault(id(graph.get(key).assets_def), []).append(key)
+        lifted = {k: max(level[j] for j in keys) for keys in by_op.values() for k in keys}
+        if lifted == level:
+            return level
+        floor = lifted
+
+
+def _is_multi(partitions_def) -> bool:
+    return isinstance(partitions_def, dg.MultiPartitionsDefinition)
 
 
 @dataclass
@@ -72,14 +118,6 @@ class PipelineResult:
                 for e in self.all_events if e.is_step_failure]
 
 
-def _stage_keys(defs: dg.Definitions, stage: str, selection: str | None) -> set[dg.AssetKey]:
-    graph = defs.resolve_asset_graph()
-    chosen = dg.AssetSelection.from_string(stage)
-    if selection:
-        chosen = chosen & dg.AssetSelection.from_string(selection)
-    return set(chosen.resolve(graph))
-
-
 def _stage_run_config(defs: dg.Definitions, keys: set[dg.AssetKey], run_config: dict) -> dict:
     """The part of ``run_config`` whose ops are in this stage (Dagster refuses config for absent ops)."""
     graph = defs.resolve_asset_graph()
@@ -97,11 +135,12 @@ def materialize_cohort(
 ) -> PipelineResult:
     """Materialize the pipeline (or ``selection``, a Dagster selection string) for one cohort.
 
-    Runs the stages in order (ingest + model for the cohort, GWAS once per chromosome present in
-    its genotypes, then minP + loci + annotations); a failed stage stops the later ones. The cohort
-    is added as a dynamic partition first if it is new. ``run_config`` may name ops of any stage.
+    Runs the stages of :func:`plan_stages` in order (the cohort's assets up to its UDIPs, the
+    GWAS once per chromosome present in its genotypes, then the assets downstream of it); a failed
+    stage stops the later ones. The cohort is added as a dynamic partition first if it is new.
+    ``run_config`` may name ops of any stage.
     """
-    from udip_assets.definitions import defs
+    from udip_assets.definitions import defs, resources
     from udip_assets.defs.gwas import cohort_chromosomes
 
     if instance is None:
@@ -109,18 +148,15 @@ def materialize_cohort(
         instance = dg.DagsterInstance.get()
     if not instance.has_dynamic_partition(cohort_partitions.name, cohort):
         instance.add_dynamic_partitions(cohort_partitions.name, [cohort])
-    home = UdipHome()
+    home: UdipHome = resources["home"]
     out = PipelineResult()
-    for stage, stage_sel in STAGES:
-        keys = _stage_keys(defs, stage_sel, selection)
-        if not keys:
-            continue
+    for stage in plan_stages(defs, selection):
         partitions = ([dg.MultiPartitionKey({"cohort": cohort, "chrom": c}) for c in cohort_chromosomes(home, cohort)]
-                      if stage == "gwas" else [cohort])
-        stage_config = _stage_run_config(defs, keys, run_config or {})
+                      if stage.multi else [cohort])
+        stage_config = _stage_run_config(defs, set(stage.keys), run_config or {})
         for key in partitions:
-            result = _materialize(keys, key, instance, stage_config)
-            out.runs.append((stage, str(key), result))
+            result = _materialize(set(stage.keys), key, instance, stage_config)
+            out.runs.append((stage.label, str(key), result))
             if not result.success:
                 return out
     return out

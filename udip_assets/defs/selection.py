@@ -1,14 +1,18 @@
-"""``checkpoint_loci_sweep``: choose the training cohort's model_id by the loci its UDIPs find.
+"""``checkpoint_loci_sweep``: choose a training run's model_id by the loci its UDIPs find.
 
-For every numbered checkpoint of the latest training run (every ``every_epochs``), encode the
-selection cohort's scans, run the GWAS of all chromosomes and FUMA clumping, and record the loci
-count in ``checkpoints`` (and as the MLflow metric ``n_loci`` of the training run). The checkpoint
-with the most loci becomes the cohort's selected model, which ``udip_embeddings`` then uses. See
+For every numbered checkpoint of the training run ``vit_ae_model`` returned (every
+``every_epochs``), encode the selection cohort's scans, run the GWAS of all chromosomes and FUMA
+clumping (:func:`~udip_assets.genetics.discovery.discover_loci`, the pipeline's own path) and
+record the loci count in ``model_selection`` (this asset is its only writer; the MLflow metric
+``n_loci`` of the training run too). The checkpoint with the most loci is the asset's output,
+which ``udip_embeddings`` takes as its input. Its UDIPs go to ``sweep_udips``, from which
+``udip_embeddings`` copies them instead of encoding the same scans again. See
 :mod:`udip_assets.cohort.model_selection` for why a separate selection cohort is better than the
 paper's choice of its test set.
 """
 
 import time
+from datetime import UTC, datetime
 
 import dagster as dg
 import pandas as pd
@@ -17,12 +21,13 @@ from udip_assets.cohort.gwas_inputs import gwas_sample
 from udip_assets.cohort.model_selection import SweepPoint, loci_of_sample, patience_stop, select_by_loci
 from udip_assets.cohort.spec import load_cohort
 from udip_assets.defs.gwas import GwasAssetConfig
+from udip_assets.defs.lineage import LINEAGE_IO, ModelRef
 from udip_assets.defs.loci import LociConfig
-from udip_assets.defs.model import encode_scans, resolve_device, split_scans, vit_ae_model
+from udip_assets.defs.model import encode_scans, resolve_device, split_scans, stored_udips
 from udip_assets.defs.partitions import cohort_partitions
 from udip_assets.defs.resources import UdipHome
 from udip_assets.defs.tracking import MlflowTracking
-from udip_assets.store.schema import CHECKPOINTS
+from udip_assets.store.schema import MODEL_SELECTION, model_udip_columns, udips_table
 
 
 class SweepConfig(dg.Config):
@@ -38,29 +43,22 @@ class SweepConfig(dg.Config):
     loci: LociConfig = LociConfig()
 
 
-@dg.asset(partitions_def=cohort_partitions, group_name="model", deps=[vit_ae_model], kinds={"pytorch", "duckdb"})
+@dg.asset(partitions_def=cohort_partitions, group_name="model", ins={"trained": dg.AssetIn("vit_ae_model")},
+          kinds={"pytorch", "duckdb"}, io_manager_key=LINEAGE_IO)
 def checkpoint_loci_sweep(context: dg.AssetExecutionContext, config: SweepConfig, home: UdipHome,
-                          mlflow: MlflowTracking) -> dg.MaterializeResult:
-    """Loci count per checkpoint (every k epochs) on a selection cohort; the best becomes the model_id."""
-    cohort = context.partition_key
-    sel = config.selection_cohort or cohort
-    ck = home.query("SELECT * FROM checkpoints WHERE cohort = ? ORDER BY created_at DESC, epoch", [cohort])
-    if ck.empty:
-        raise dg.Failure(f"cohort {cohort} has no checkpoints; materialize vit_ae_model first")
-    ck = ck[ck["run_id"] == ck["run_id"].iloc[0]].sort_values("epoch").reset_index(drop=True)
-    todo = ck[ck["epoch"] % config.every_epochs == 0]
-    if todo.empty:
-        raise dg.Failure(f"no checkpoint of run {ck['run_id'].iloc[0]} falls on a multiple of "
-                         f"every_epochs={config.every_epochs}; saved epochs: {ck['epoch'].tolist()}")
+                          mlflow: MlflowTracking, trained: ModelRef) -> dg.Output[ModelRef]:
+    """Loci count per checkpoint (every k epochs) on a selection cohort; the best is the cohort's model."""
+    cohort, sel = context.partition_key, config.selection_cohort or context.partition_key
+    todo = _checkpoints_to_sweep(home, trained, config.every_epochs)
     spec = load_cohort(home.cohort_dir(sel))
     subjects = home.query("SELECT * FROM subjects WHERE cohort = ?", [sel])
     scans = split_scans(home, sel, (config.selection_split,))
-    points = []
+    points, n_subjects = [], 0
     for row in todo.itertuples():
         started = time.perf_counter()
-        rows, _ = encode_scans(home, sel, row.model_id, row.path, scans, batch_size=config.batch_size,
-                               device=resolve_device(config.device))
+        rows = _sweep_udips(home, sel, row, scans, config)
         sample = gwas_sample(subjects, rows, config.gwas.covariate_spec(), split=config.selection_split)
+        n_subjects = len(sample.phenotypes)
         clump = config.loci.to_domain(sample.phenotypes.shape[1])  # 5e-8 / this model's dims
         loci, n_sig = loci_of_sample(sample, spec.genotypes, config.gwas.to_domain(), clump,
                                      ld_method=config.loci.ld_method)
@@ -68,35 +66,52 @@ def checkpoint_loci_sweep(context: dg.AssetExecutionContext, config: SweepConfig
         context.log.info(f"{row.model_id}: {len(loci)} loci, {n_sig} significant SNPs "
                          f"({time.perf_counter() - started:.0f} s)")
         if row.mlflow_run_id:
-            metrics = {"n_loci": len(loci), "n_significant_snps": n_sig}
-            mlflow.log_to_run(row.mlflow_run_id, metrics, step=int(row.epoch))
+            mlflow.log_to_run(row.mlflow_run_id, {"n_loci": len(loci), "n_significant_snps": n_sig},
+                              step=int(row.epoch))
     best = select_by_loci(points)
-    _record(home, ck, points, best)
+    home.write(MODEL_SELECTION, selection_rows(cohort, trained.run_id, points, best, sel, config.selection_split,
+                                               n_subjects), cohort=cohort)
     stop = patience_stop(points, config.patience_epochs)
-    return dg.MaterializeResult(metadata={
-        "model_id": best.model_id, "selected_epoch": best.epoch, "selected_n_loci": best.n_loci,
+    return dg.Output(ModelRef(cohort=cohort, model_id=best.model_id, run_id=trained.run_id, n_dims=trained.n_dims),
+                     metadata={
+        "selected_epoch": best.epoch, "selected_n_loci": best.n_loci,
         "selection_cohort": sel, "selection_split": config.selection_split,
         "loci_by_epoch": dg.MetadataValue.json({p.epoch: p.n_loci for p in points}),
         "patience_stop_epoch": stop if stop is not None else "never (within the evaluated epochs)"})
 
 
-def _record(home: UdipHome, ck: pd.DataFrame, points: list[SweepPoint], best: SweepPoint) -> None:
-    """Write the loci counts and the selection into the training run's ``checkpoints`` rows."""
-    by_id = {p.model_id: p for p in points}
-    ck = ck.copy()
-    ck["loci_count"] = [by_id[m].n_loci if m in by_id else c for m, c in zip(ck["model_id"], ck["loci_count"],
-                                                                              strict=True)]
-    ck["n_significant_snps"] = [by_id[m].n_significant_snps if m in by_id else None for m in ck["model_id"]]
-    ck["selected"] = ck["model_id"] == best.model_id
-    part = {"cohort": ck["cohort"].iloc[0], "run_id": ck["run_id"].iloc[0]}
-    home.write(CHECKPOINTS, ck[[c for c in CHECKPOINTS.column_names if c in ck.columns]], **part)
-    # one selected checkpoint per cohort: an earlier run's selection is withdrawn
-    others = home.query("SELECT * FROM checkpoints WHERE cohort = ? AND run_id <> ? AND selected",
-                        [part["cohort"], part["run_id"]])
-    for run_id in others["run_id"].unique():
-        old = home.query("SELECT * FROM checkpoints WHERE cohort = ? AND run_id = ?", [part["cohort"], run_id])
-        home.write(CHECKPOINTS, old.assign(selected=False)[[c for c in CHECKPOINTS.column_names if c in old.columns]],
-                   cohort=part["cohort"], run_id=run_id)
+def _checkpoints_to_sweep(home: UdipHome, trained: ModelRef, every_epochs: int) -> pd.DataFrame:
+    """The ``checkpoints`` rows of the training run at epochs that are multiples of ``every_epochs``."""
+    ck = home.query("SELECT * FROM checkpoints WHERE cohort = ? AND run_id = ? ORDER BY epoch",
+                    [trained.cohort, trained.run_id])
+    if ck.empty:
+        raise dg.Failure(f"training run {trained.run_id} has no checkpoints in the warehouse; "
+                         "re-materialize vit_ae_model")
+    todo = ck[ck["epoch"] % every_epochs == 0]
+    if todo.empty:
+        raise dg.Failure(f"no checkpoint of run {trained.run_id} falls on a multiple of every_epochs={every_epochs}; "
+                         f"saved epochs: {ck['epoch'].tolist()}")
+    return todo
+
+
+def _sweep_udips(home: UdipHome, cohort: str, row, scans: pd.DataFrame, config: SweepConfig) -> pd.DataFrame:
+    """UDIPs of ``scans`` under checkpoint ``row``: from ``sweep_udips`` when there, else encoded and stored."""
+    rows = stored_udips(home, "sweep_udips", cohort, row.model_id, scans["subject_id"])
+    if rows is None:
+        rows = encode_scans(row.path, scans, batch_size=config.batch_size, device=resolve_device(config.device))
+        home.write(udips_table(len(model_udip_columns(rows)), name="sweep_udips"),
+                   rows.assign(cohort=cohort, model_id=row.model_id), cohort=cohort, model_id=row.model_id)
+    return rows
+
+
+def selection_rows(cohort: str, run_id: str, points: list[SweepPoint], best: SweepPoint, selection_cohort: str,
+                   selection_split: str, n_subjects: int) -> pd.DataFrame:
+    """``model_selection`` rows of one sweep: one per evaluated checkpoint, the chosen one ``selected``."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    return pd.DataFrame([{"cohort": cohort, "run_id": run_id, "model_id": p.model_id, "epoch": p.epoch,
+                          "selection_cohort": selection_cohort, "selection_split": selection_split,
+                          "n_subjects": n_subjects, "loci_count": p.n_loci, "n_significant_snps": p.n_significant_snps,
+                          "selected": p.model_id == best.model_id, "evaluated_at": now} for p in points])
 
 
 selection_assets = [checkpoint_loci_sweep]

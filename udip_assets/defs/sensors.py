@@ -3,10 +3,10 @@
 
 import dagster as dg
 
-from udip_assets import paths
 from udip_assets.cohort.spec import COHORT_FILE
 from udip_assets.defs.ingest import ingest_assets
 from udip_assets.defs.partitions import cohort_partitions
+from udip_assets.defs.resources import UdipHome
 
 ingest_job = dg.define_asset_job(
     "ingest_cohort", selection=dg.AssetSelection.assets(*ingest_assets), description="Ingest one cohort."
@@ -14,10 +14,10 @@ ingest_job = dg.define_asset_job(
 
 
 @dg.sensor(job=ingest_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
-def new_cohort_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    """Watch ``$UDIP_HOME/cohorts``: each folder with a ``cohort.yaml`` that is not yet a partition
-    is added as one and ingested."""
-    root = paths.cohorts_dir()
+def new_cohort_sensor(context: dg.SensorEvaluationContext, home: UdipHome) -> dg.SensorResult:
+    """Watch the configured home's ``cohorts/``: each folder with a ``cohort.yaml`` that is not yet a
+    partition is added as one and ingested."""
+    root = home.root() / "cohorts"
     found = sorted(q.parent.name for q in root.glob(f"*/{COHORT_FILE}"))
     known = set(context.instance.get_dynamic_partitions(cohort_partitions.name))
     new = [name for name in found if name not in known]

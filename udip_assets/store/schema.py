@@ -7,7 +7,10 @@ Key columns carry the same name in every table (``cohort``, ``subject_id``, ``vi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -90,17 +93,19 @@ SUBJECTS = Table(
 
 PREPROCESSED_SCANS = Table(
     name="preprocessed_scans",
-    grain="one row per kept subject's scan in a cohort, preprocessed (padded, masked, z-scored) into "
-    "the training cache",
+    grain="one row per kept subject's scan in a cohort: status 'ok' when it was preprocessed (padded, "
+    "masked, z-scored) into the training cache, 'failed' with the reason when it could not be (no cache)",
     columns=(
         ("cohort", "VARCHAR NOT NULL"),
         ("subject_id", "VARCHAR NOT NULL"),
         ("visit", "INTEGER NOT NULL"),
         ("split", "VARCHAR NOT NULL"),
         ("source_path", "VARCHAR NOT NULL"),
-        ("cache_path", "VARCHAR NOT NULL"),
-        ("shape", "VARCHAR NOT NULL"),
-        ("n_mask_voxels", "BIGINT NOT NULL"),
+        ("status", "VARCHAR NOT NULL"),
+        ("reason", "VARCHAR"),
+        ("cache_path", "VARCHAR"),
+        ("shape", "VARCHAR"),
+        ("n_mask_voxels", "BIGINT"),
         ("raw_mean", "DOUBLE"),
         ("raw_sd", "DOUBLE"),
         ("seconds", "DOUBLE"),
@@ -109,8 +114,33 @@ PREPROCESSED_SCANS = Table(
     key=("cohort", "subject_id"),
 )
 
-N_UDIP_DIMS = 128
-UDIP_COLUMNS = tuple(f"udip_{d:03d}" for d in range(N_UDIP_DIMS))
+# The paper's encoder width: the udips table always has these columns; a wider model adds more.
+PAPER_UDIP_DIMS = 128
+_UDIP_NAME = re.compile(r"udip_(\d{3,})$")
+
+
+def udip_column(dim: int) -> str:
+    """Column name of UDIP dimension ``dim`` (0-based): udip_000, udip_001, ..."""
+    return f"udip_{dim:03d}"
+
+
+def udip_columns(n_dims: int) -> tuple[str, ...]:
+    """The first ``n_dims`` UDIP column names."""
+    return tuple(udip_column(d) for d in range(n_dims))
+
+
+def model_udip_columns(frame: pd.DataFrame) -> list[str]:
+    """The UDIP columns of ``frame`` that hold values, in dim order.
+
+    A model narrower than the table leaves the higher ``udip_*`` columns NULL: they are not
+    dimensions of that model. ``frame`` is one model's rows.
+    """
+    cols = [c for c in frame.columns if _UDIP_NAME.match(c)]
+    cols.sort(key=lambda c: int(_UDIP_NAME.match(c).group(1)))
+    return [c for c in cols if frame[c].notna().any()]
+
+
+UDIP_COLUMNS = udip_columns(PAPER_UDIP_DIMS)
 
 TRAINING_EPOCHS = Table(
     name="training_epochs",
@@ -131,7 +161,7 @@ TRAINING_EPOCHS = Table(
 
 CHECKPOINTS = Table(
     name="checkpoints",
-    grain="one row per saved model (model_id = training run + epoch)",
+    grain="one row per saved model (model_id = training run + epoch); written by vit_ae_model only",
     columns=(
         ("cohort", "VARCHAR NOT NULL"),
         ("run_id", "VARCHAR NOT NULL"),
@@ -141,9 +171,7 @@ CHECKPOINTS = Table(
         ("mlflow_run_id", "VARCHAR"),
         ("val_loss", "DOUBLE"),
         ("is_best", "BOOLEAN NOT NULL"),
-        ("loci_count", "INTEGER"),
-        ("n_significant_snps", "INTEGER"),
-        ("selected", "BOOLEAN"),
+        ("n_dims", "INTEGER"),
         ("config_json", "VARCHAR"),
         ("created_at", "TIMESTAMP"),
     ),
@@ -151,22 +179,58 @@ CHECKPOINTS = Table(
     key=("model_id",),
 )
 
-UDIPS = Table(
-    name="udips",
-    grain="one row per subject x model_id: the 128 ViT-UDIPs of the subject's kept scan and its "
-    "reconstruction loss",
+MODEL_SELECTION = Table(
+    name="model_selection",
+    grain="one row per checkpoint evaluated by the cohort's latest loci sweep (checkpoint_loci_sweep, its "
+    "only writer): loci and significant SNPs its UDIPs find on the selection cohort; selected = the chosen one",
     columns=(
         ("cohort", "VARCHAR NOT NULL"),
+        ("run_id", "VARCHAR NOT NULL"),
         ("model_id", "VARCHAR NOT NULL"),
-        ("subject_id", "VARCHAR NOT NULL"),
-        ("visit", "INTEGER"),
-        ("split", "VARCHAR"),
-        ("recon_loss", "DOUBLE"),
-        *((c, "FLOAT") for c in UDIP_COLUMNS),
+        ("epoch", "INTEGER NOT NULL"),
+        ("selection_cohort", "VARCHAR NOT NULL"),
+        ("selection_split", "VARCHAR NOT NULL"),
+        ("n_subjects", "INTEGER"),
+        ("loci_count", "INTEGER NOT NULL"),
+        ("n_significant_snps", "INTEGER NOT NULL"),
+        ("selected", "BOOLEAN NOT NULL"),
+        ("evaluated_at", "TIMESTAMP"),
     ),
-    partition_by=("cohort", "model_id"),
-    key=("cohort", "model_id", "subject_id"),
+    partition_by=("cohort",),
+    key=("cohort", "model_id"),
 )
+
+
+def udips_table(n_dims: int = PAPER_UDIP_DIMS, name: str = "udips") -> Table:
+    """The UDIP table for models of up to ``n_dims`` dims (at least the paper's 128 columns).
+
+    Writing a wider model's rows adds the missing ``udip_*`` columns (``ensure_schema``); a narrower
+    model leaves the higher ones NULL and records its width in ``n_dims``.
+    """
+    writer = "udip_embeddings" if name == "udips" else "checkpoint_loci_sweep"
+    return Table(
+        name=name,
+        grain=f"one row per subject x model_id: the ViT-UDIPs (n_dims of them) of the subject's kept scan and its "
+        f"reconstruction loss; written by {writer} only",
+        columns=(
+            ("cohort", "VARCHAR NOT NULL"),
+            ("model_id", "VARCHAR NOT NULL"),
+            ("subject_id", "VARCHAR NOT NULL"),
+            ("visit", "INTEGER"),
+            ("split", "VARCHAR"),
+            ("recon_loss", "DOUBLE"),
+            ("n_dims", "INTEGER"),
+            *((c, "FLOAT") for c in udip_columns(max(n_dims, PAPER_UDIP_DIMS))),
+        ),
+        partition_by=("cohort", "model_id"),
+        key=("cohort", "model_id", "subject_id"),
+    )
+
+
+UDIPS = udips_table()
+# The sweep's encodings of the selection cohort, one model_id per swept checkpoint; udip_embeddings
+# copies the selected one's rows into ``udips`` instead of encoding the same scans again.
+SWEEP_UDIPS = udips_table(name="sweep_udips")
 
 UDIP_SPECTRUM = Table(
     name="udip_spectrum",
@@ -280,7 +344,8 @@ GWAS_CATALOG = Table(
 )
 
 TABLES: dict[str, Table] = {
-    t.name: t for t in (SCANS, SUBJECTS, PREPROCESSED_SCANS, TRAINING_EPOCHS, CHECKPOINTS, UDIPS, UDIP_SPECTRUM,
+    t.name: t for t in (SCANS, SUBJECTS, PREPROCESSED_SCANS, TRAINING_EPOCHS, CHECKPOINTS, MODEL_SELECTION, UDIPS,
+                        SWEEP_UDIPS, UDIP_SPECTRUM,
                         GWAS_HITS, MINP, MULTIVARIATE, GENOMIC_RISK_LOCI, LEAD_SNPS, IND_SIG_SNPS, GENES,
                         REFERENCE_LOCI, GWAS_CATALOG)
 }

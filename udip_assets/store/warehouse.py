@@ -83,13 +83,15 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, tables: Mapping[str, Table] = 
     for table in tables.values():
         cols = ", ".join(f"{_quote(name)} {dtype}" for name, dtype in table.columns)
         con.execute(f"CREATE TABLE IF NOT EXISTS {_quote(table.name)} ({cols})")
-        existing = dict(
-            con.execute(
-                "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ?", [table.name]
-            ).fetchall()
-        )
+        found = con.execute(
+            "SELECT column_name, data_type, is_nullable FROM duckdb_columns() WHERE table_name = ?", [table.name]
+        ).fetchall()
+        existing = {name: dtype for name, dtype, _ in found}
+        not_null = {name for name, _, nullable in found if not nullable}
         for name, dtype in table.columns:
             want = dtype.replace(" NOT NULL", "")
+            if name in not_null and "NOT NULL" not in dtype:  # a column this version allows to be NULL
+                con.execute(f"ALTER TABLE {_quote(table.name)} ALTER COLUMN {_quote(name)} DROP NOT NULL")
             if name in existing and existing[name] != want:
                 raise WarehouseError(
                     f"table {table.name}.{name} is {existing[name]} in the warehouse but {want} in this "

@@ -43,7 +43,8 @@ def test_good_scans_go_through(ingested):
     assert scans["n"].sum() == n_files
     assert scans.set_index("status").at["ok", "n"] == n_files - 4
     kept = read_frame(db, "SELECT count(*) AS n FROM subjects WHERE cohort = 'tiny' AND kept")["n"].item()
-    cached = read_frame(db, "SELECT count(*) AS n FROM preprocessed_scans WHERE cohort = 'tiny'")["n"].item()
+    cached = read_frame(db, "SELECT count(*) AS n FROM preprocessed_scans "
+                            "WHERE cohort = 'tiny' AND status = 'ok'")["n"].item()
     assert kept >= 45 and cached == kept
 
 
@@ -78,3 +79,33 @@ def test_kinship_check_uses_the_configured_threshold(ingested):
         assert (both["Kinship"] > 0.0884).any()  # relatives kept together: 0.0884 would have failed the check
     finally:
         assert materialize_cohort("tiny", selection="key:subjects", instance=instance).success
+
+
+def test_a_failed_preprocessing_is_a_row_with_its_reason(ingested):
+    """A scan that passed the manifest but cannot be preprocessed: status 'failed', the file in the reason,
+    left out of training; once the file is good again the next run preprocesses it."""
+    spec, db, instance, _ = ingested
+    sid, scan = read_frame(db, "SELECT subject_id, scan_path FROM subjects WHERE cohort = 'tiny' AND kept "
+                               "ORDER BY subject_id LIMIT 1").iloc[0]
+    from pathlib import Path
+
+    path = Path(scan)
+    good = path.read_bytes()
+    try:
+        path.write_bytes(b"not a gzip file")  # newer than its cache: preprocessed again, and fails
+        result = materialize_cohort("tiny", selection="key:preprocessed_scans", instance=instance)
+        assert result.success  # one bad scan does not stop the cohort
+        row = read_frame(db, f"SELECT * FROM preprocessed_scans WHERE cohort = 'tiny' AND subject_id = '{sid}'")
+        assert row["status"].item() == "failed" and str(path) in row["reason"].item()
+        assert row["cache_path"].isna().item()
+        from udip_assets.defs.model import split_scans
+        from udip_assets.defs.resources import UdipHome
+
+        usable = split_scans(UdipHome(home=str(db.parent)), "tiny", ("train", "val", "inference"))
+        assert sid not in set(usable["subject_id"])
+    finally:
+        path.write_bytes(good)
+    assert materialize_cohort("tiny", selection="key:preprocessed_scans", instance=instance).success
+    row = read_frame(db, "SELECT status, reason FROM preprocessed_scans WHERE cohort = 'tiny' "
+                         f"AND subject_id = '{sid}'")
+    assert row["status"].item() == "ok" and row["reason"].isna().item()
