@@ -25,6 +25,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from udip_assets.atomic import atomic_path  # noqa: E402
 from udip_assets.errors import UdipConfigError  # noqa: E402
 from udip_assets.imaging.dataset import PreprocessedScanDataset  # noqa: E402
 from udip_assets.imaging.preprocess import load_preprocessed  # noqa: E402
@@ -154,17 +155,28 @@ def _reconstruct(model: ViTAE, volumes: Sequence) -> tuple[np.ndarray, np.ndarra
     return originals[:, 0].numpy(), recon[:, 0].numpy()
 
 
-def _figure(originals: np.ndarray, recon: np.ndarray, labels: Sequence[str]) -> plt.Figure:
-    """Two rows per scan (original, reconstruction) x three views, one grey scale per scan."""
-    n = len(labels)
-    fig, axes = plt.subplots(2 * n, 3, figsize=(9, 3.2 * 2 * n), squeeze=False)
+def _figure(originals: np.ndarray, recon: np.ndarray, labels: Sequence[str], difference: bool = False
+            ) -> plt.Figure:
+    """Rows per scan (original, reconstruction[, |difference|]) x three views, one grey scale per scan.
+
+    The |original - reconstruction| rows share one colour scale (0 to the 99th percentile of the
+    brain's differences over all scans), so that the scans' errors compare.
+    """
+    n, per_scan = len(labels), 3 if difference else 2
+    diffs = np.abs(originals - recon)
+    brain_diffs = diffs[originals != 0]
+    diff_max = float(np.percentile(brain_diffs, 99)) if brain_diffs.size else 1.0
+    fig, axes = plt.subplots(per_scan * n, 3, figsize=(9, 3.2 * per_scan * n), squeeze=False)
     for i, label in enumerate(labels):
         brain = originals[i][originals[i] != 0]
         lo, hi = np.percentile(brain, [1, 99]) if brain.size else (0.0, 1.0)
-        for row, (kind, vol) in enumerate((("original", originals[i]), ("reconstruction", recon[i]))):
+        rows = [("original", originals[i], "gray", lo, hi), ("reconstruction", recon[i], "gray", lo, hi)]
+        if difference:
+            rows.append(("|difference|", diffs[i], "hot", 0.0, diff_max or 1.0))
+        for row, (kind, vol, cmap, vmin, vmax) in enumerate(rows):
             for col, (view, sl) in enumerate(zip(VIEWS, _mid_slices(vol), strict=True)):
-                ax = axes[2 * i + row, col]
-                ax.imshow(sl.T, origin="lower", cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+                ax = axes[per_scan * i + row, col]
+                ax.imshow(sl.T, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
                 ax.set_title(f"{label}: {kind}, {view}", fontsize=9)
                 ax.set_axis_off()
     fig.tight_layout()
@@ -172,7 +184,7 @@ def _figure(originals: np.ndarray, recon: np.ndarray, labels: Sequence[str]) -> 
 
 
 def reconstruction_figure(model: ViTAE | nn.Module, volumes: Sequence, subject_labels: Sequence[str],
-                          path: str | Path) -> Path:
+                          path: str | Path, *, difference: bool = False) -> Path:
     """PNG of original vs reconstructed mid-slices (axial, coronal, sagittal) of a few scans.
 
     Parameters
@@ -187,6 +199,9 @@ def reconstruction_figure(model: ViTAE | nn.Module, volumes: Sequence, subject_l
         a figure that is shared.
     path : str or Path
         Destination PNG (folders are created).
+    difference : bool
+        Also draw |original - reconstruction| under each scan (the paper's Supplementary Figure 11),
+        on one colour scale for all scans.
 
     Returns
     -------
@@ -197,10 +212,11 @@ def reconstruction_figure(model: ViTAE | nn.Module, volumes: Sequence, subject_l
                               f"volumes and {len(subject_labels)} labels")
     net = getattr(model, "module", model)
     originals, recon = _reconstruct(net, volumes)
-    fig = _figure(originals, recon, [str(s) for s in subject_labels])
+    fig = _figure(originals, recon, [str(s) for s in subject_labels], difference)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
 
