@@ -190,8 +190,38 @@ def truth(cohort: str, model_id: str | None, control: bool) -> None:
                    f"({_percent(score.recall)}); precision {score.n_true_loci}/{score.n_loci} loci with a planted "
                    f"SNP within 250 kb ({_percent(score.precision)})")
     _encoding_report(spec, sample, planted)
+    _planted_region_report(cohort, model_id, loci, planted, scores)
     if control:
         _truth_control(spec, sample, planted)
+
+
+@main.command()
+@click.option("--cohort", required=True, help="Cohort whose PerDI maps to show.")
+@click.option("--model-id", default=None, help="Model (default: the selected checkpoint's).")
+@click.option("--dims", default=None, help="Comma-separated UDIP dims (default: every dim PerDI mapped).")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(min=1), help="Regions per dim.")
+def perdi(cohort: str, model_id: str | None, dims: str | None, top: int) -> None:
+    """Print the atlas regions each PerDI map touches most, per dim (the warehouse's perdi_regions)."""
+    model_id = model_id or _selected_model_id(cohort)
+    try:
+        rows = _read("SELECT * FROM perdi_regions WHERE cohort = ? AND model_id = ? AND rank IS NOT NULL "
+                     "ORDER BY dim, rank", [cohort, model_id])
+        maps = _read("SELECT dim, chosen_because, symmetry, nifti_path FROM perdi_dims WHERE cohort = ? AND "
+                     "model_id = ? ORDER BY dim", [cohort, model_id])
+    except Exception as exc:  # the tables do not exist before the first PerDI run
+        raise click.ClickException(f"no PerDI results for cohort {cohort}: {exc}; run `udip materialize --cohort "
+                                   f"{cohort} --select 'key:perdi_maps or key:perdi_regions'`") from exc
+    wanted = [int(d) for d in dims.split(",")] if dims else maps["dim"].tolist()
+    unknown = sorted(set(wanted) - set(maps["dim"]))
+    if unknown:
+        raise click.ClickException(f"dims {unknown} have no PerDI map for model {model_id} (mapped: "
+                                   f"{maps['dim'].tolist()}); set perdi_maps' config dims to map them")
+    click.echo(f"cohort {cohort}, model {model_id}: {maps['chosen_because'].iloc[0] if len(maps) else ''}")
+    cols = ["rank", "region", "hemisphere", "n_voxels", "fraction", "mean_t", "peak_t"]
+    for d in wanted:
+        info = maps[maps["dim"] == d].iloc[0]
+        click.echo(f"\ndim {d}: symmetry {info['symmetry']:.2f}, map {info['nifti_path']}")
+        click.echo(rows[rows["dim"] == d].head(top)[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
 
 
 def _read(query: str, params: list):
@@ -230,6 +260,38 @@ def _encoding_report(spec, sample, planted) -> None:
     table = encoding_diagnostics(sample.phenotypes, measured)
     click.echo("how well the UDIPs encode each planted phenotype (GWAS subjects; truth used for evaluation only):")
     click.echo(format_diagnostics(table, effective_rank(sample.phenotypes.to_numpy())))
+
+
+def _planted_region_report(cohort: str, model_id: str, loci, planted, scores) -> None:
+    """Per found planted locus: does the PerDI map of its dim rank the planted region among its top 3?"""
+    from udip_assets.interpret.atlas import planted_region_rank
+
+    try:
+        regions = _read("SELECT * FROM perdi_regions WHERE cohort = ? AND model_id = ?", [cohort, model_id])
+        best_dim = _read("SELECT snp, dim FROM minp WHERE cohort = ? AND model_id = ?", [cohort, model_id])
+    except Exception:  # no PerDI run yet
+        click.echo("planted-region check: no PerDI maps yet (materialize perdi_maps and perdi_regions)")
+        return
+    hits, checked = 0, 0
+    click.echo("planted-region check (PerDI map of the locus dim ranks the planted region in its top 3):")
+    dim_of = dict(zip(best_dim["snp"], best_dim["dim"], strict=True))
+    for method, score in scores.items():
+        rows = loci[loci["method"].fillna("minp") == method]
+        for snp in sorted(score.found):
+            truth = planted[planted["snp"] == snp].iloc[0]
+            locus = rows[(rows["chr"].astype(str) == str(truth.chrom)) & (rows["start"] <= truth.pos_bp)
+                         & (rows["end"] >= truth.pos_bp)]
+            if locus.empty:
+                continue
+            top = locus.iloc[0]
+            dim = int(top["dim"]) if method == "minp" and top["dim"] == top["dim"] else dim_of.get(top["rsID"])
+            table = regions[regions["dim"] == dim] if dim is not None else regions.iloc[0:0]
+            rank = planted_region_rank(table, truth.region) if len(table) else None
+            checked += 1
+            hits += rank is not None and rank <= 3
+            click.echo(f"  {method:<12} {snp:>14} {truth.region:<12} dim {dim}: "
+                       + (f"rank {rank}" if rank is not None else "no map / not ranked"))
+    click.echo(f"planted-region hit rate: {hits}/{checked}" + (f" ({hits / checked:.0%})" if checked else ""))
 
 
 def _truth_control(spec, sample, planted) -> None:

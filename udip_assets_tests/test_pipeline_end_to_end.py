@@ -32,6 +32,10 @@ RUN_CONFIG = {"ops": {
     "vit_ae_model": {"config": {"preset": "demo", **MODEL, "device": "cpu"}},
     "checkpoint_loci_sweep": {"config": {"every_epochs": 2, "device": "cpu", "patience_epochs": 2}},
     "udip_embeddings": {"config": {"device": "cpu"}},
+    "perdi_maps": {"config": {"n_subjects": 60, "device": "cpu"}},
+    "perdi_regions": {"config": {"n_subjects": 60, "device": "cpu"}},
+    "attention_maps": {"config": {"n_subjects": 4, "device": "cpu"}},
+    "saliency_maps": {"config": {"n_samples": 4, "device": "cpu"}},
 }}
 
 
@@ -60,7 +64,7 @@ def test_stages_ran_in_order(pipeline):
     _, _, result = pipeline
     stages = [stage for stage, _, _ in result.runs]
     # cut from the graph: up to the UDIPs, the GWAS per chromosome (6 and 11), then what follows it
-    assert stages == ["ingest + loci + model", "gwas", "gwas", "annotations + gwas + loci"]
+    assert stages == ["ingest + interpret + loci + model", "gwas", "gwas", "annotations + gwas + interpret + loci"]
 
 
 def test_training_tables_and_selection(pipeline):
@@ -203,12 +207,49 @@ def test_truth_scores_the_loci_and_runs_the_control_on_the_gwas_subjects(pipelin
     assert out.exit_code == 0, out.output
     assert f"model {model_id}: GWAS of {n_gwas} subjects x 32 UDIP dims" in out.output
     assert re.search(r"^minp: recall \d+/\d+ detectable planted loci", out.output, flags=re.M)
+    assert re.search(r"^planted-region hit rate: \d+/\d+", out.output, flags=re.M)
     assert re.search(r"^multivariate: recall \d+/\d+ detectable planted loci", out.output, flags=re.M)
     assert re.search(r"^vol_ventricles\s+\d+\s+-?\d\.\d\d\s+udip_\d{3}", out.output, flags=re.M)
     assert "UDIP effective rank: participation ratio" in out.output
     # the control tests the image-measured phenotype of exactly the UDIP GWAS subjects and finds the locus
     assert re.search(rf"control \(the planted phenotypes measured in the images of the same {n_gwas} subjects, "
                      r"2 phenotypes.*recall 2/2", out.output)
+
+
+def test_interpretation_maps_tables_and_figures(pipeline, udip_home):
+    """PerDI maps on the cohort grid (affine and shape of the scans), ranked atlas regions per dim,
+    spotlight tokens, W_K^T W_Q spectra and SmoothGrad maps, all of the selected model."""
+    import nibabel as nib
+
+    from udip_assets.cohort.spec import load_cohort
+
+    db, _, _ = pipeline
+    model_id = _one(db, "SELECT model_id FROM model_selection WHERE cohort = 'e2e' AND selected")
+    grid = load_cohort(udip_home / "cohorts" / "e2e").grid
+    dims = read_frame(db, f"SELECT * FROM perdi_dims WHERE cohort = 'e2e' AND model_id = '{model_id}'")
+    assert len(dims) >= 5 and dims["dim"].between(0, 31).all() and (dims["n_subjects"] == 60).all()
+    for row in dims.itertuples():
+        img = nib.load(row.nifti_path)
+        assert img.shape == grid.shape and np.allclose(img.affine, grid.affine)
+        assert Path(row.png_path).stat().st_size > 1000 and -1 <= row.symmetry <= 1
+    regions = read_frame(db, f"SELECT * FROM perdi_regions WHERE cohort = 'e2e' AND model_id = '{model_id}'")
+    assert set(regions["dim"]) == set(dims["dim"])
+    assert (regions.groupby("dim")["rank"].min() == 1).all() and "Ventricles" in set(regions["region"])
+    spot = read_frame(db, f"SELECT * FROM attention_spotlight WHERE cohort = 'e2e' AND model_id = '{model_id}'")
+    assert set(spot["layer"]) == {0, 1} and spot["is_spotlight"].any() and spot["attention_in"].between(0, 1).all()
+    qk = read_frame(db, f"SELECT * FROM qk_spectrum WHERE cohort = 'e2e' AND model_id = '{model_id}'")
+    assert len(qk) == 2 * 4 * 8  # layers x heads x head_dim (32 / 4)
+    saliency = sorted((udip_home / "artifacts" / "saliency" / "e2e" / model_id).glob("smoothgrad_*.nii.gz"))
+    assert len(saliency) == 2 and nib.load(saliency[0]).shape == grid.shape
+    from click.testing import CliRunner
+
+    from udip_assets.cli import main
+
+    first = int(dims["dim"].iloc[0])
+    out = CliRunner().invoke(main, ["perdi", "--cohort", "e2e", "--dims", str(first), "--top", "3"])
+    assert out.exit_code == 0, out.output
+    top = regions[regions["dim"] == first].nsmallest(1, "rank")["region"].item()
+    assert f"dim {first}: symmetry" in out.output and top in out.output
 
 
 def test_a_32_dim_model_is_thresholded_alike_by_udip_gwas(pipeline, udip_home, tmp_path):

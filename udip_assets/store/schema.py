@@ -343,9 +343,91 @@ GWAS_CATALOG = Table(
     key=("cohort", "row_id"),
 )
 
+PERDI_DIMS = Table(
+    name="perdi_dims",
+    grain="one row per cohort x model_id x UDIP dim interpreted by PerDI (perdi_maps): why it was chosen, the "
+    "perturbation (1 SD of the dim), subjects, left/right symmetry of its map and the map's files",
+    columns=(
+        ("cohort", "VARCHAR NOT NULL"),
+        ("model_id", "VARCHAR NOT NULL"),
+        ("dim", "INTEGER NOT NULL"),
+        ("chosen_because", "VARCHAR"),
+        ("n_subjects", "INTEGER"),
+        ("perturbation_sd", "DOUBLE"),
+        ("max_abs_t", "DOUBLE"),
+        ("symmetry", "DOUBLE"),
+        ("nifti_path", "VARCHAR"),
+        ("png_path", "VARCHAR"),
+    ),
+    partition_by=("cohort", "model_id"),
+    key=("cohort", "model_id", "dim"),
+)
+
+PERDI_REGIONS = Table(
+    name="perdi_regions",
+    grain="one row per cohort x model_id x PerDI dim x atlas region: voxels, share of the region the map "
+    "affects, mean and peak t, and the region's rank for that dim (1 = most affected)",
+    columns=(
+        ("cohort", "VARCHAR NOT NULL"),
+        ("model_id", "VARCHAR NOT NULL"),
+        ("dim", "INTEGER NOT NULL"),
+        ("atlas", "VARCHAR NOT NULL"),
+        ("region", "VARCHAR NOT NULL"),
+        ("hemisphere", "VARCHAR"),
+        ("n_voxels", "BIGINT"),
+        ("fraction", "DOUBLE"),
+        ("mean_t", "DOUBLE"),
+        ("peak_t", "DOUBLE"),
+        ("rank", "INTEGER"),
+        ("label", "INTEGER"),
+        ("structure", "VARCHAR"),
+        ("volume_mm3", "DOUBLE"),
+        ("n_above", "BIGINT"),
+        ("mean_abs_t", "DOUBLE"),
+        ("score", "DOUBLE"),
+    ),
+    partition_by=("cohort", "model_id"),
+    key=("cohort", "model_id", "dim", "atlas", "region", "hemisphere"),
+)
+
+ATTENTION_SPOTLIGHT = Table(
+    name="attention_spotlight",
+    grain="one row per cohort x model_id x encoder layer x head x patch: the attention the patch receives "
+    "(mean over query tokens and subjects), its centre in MNI mm, and whether it is a spotlight token",
+    columns=(
+        ("cohort", "VARCHAR NOT NULL"),
+        ("model_id", "VARCHAR NOT NULL"),
+        ("layer", "INTEGER NOT NULL"),
+        ("head", "INTEGER NOT NULL"),
+        ("patch_index", "INTEGER NOT NULL"),
+        ("x_mm", "DOUBLE"),
+        ("y_mm", "DOUBLE"),
+        ("z_mm", "DOUBLE"),
+        ("attention_in", "DOUBLE"),
+        ("is_spotlight", "BOOLEAN"),
+    ),
+    partition_by=("cohort", "model_id"),
+    key=("cohort", "model_id", "layer", "head", "patch_index"),
+)
+
+QK_SPECTRUM = Table(
+    name="qk_spectrum",
+    grain="one row per cohort x model_id x encoder layer x head x k: the k-th singular value of W_K^T W_Q",
+    columns=(
+        ("cohort", "VARCHAR NOT NULL"),
+        ("model_id", "VARCHAR NOT NULL"),
+        ("layer", "INTEGER NOT NULL"),
+        ("head", "INTEGER NOT NULL"),
+        ("k", "INTEGER NOT NULL"),
+        ("singular_value", "DOUBLE"),
+    ),
+    partition_by=("cohort", "model_id"),
+    key=("cohort", "model_id", "layer", "head", "k"),
+)
+
 TABLES: dict[str, Table] = {
     t.name: t for t in (SCANS, SUBJECTS, PREPROCESSED_SCANS, TRAINING_EPOCHS, CHECKPOINTS, MODEL_SELECTION, UDIPS,
                         SWEEP_UDIPS, UDIP_SPECTRUM,
                         GWAS_HITS, MINP, MULTIVARIATE, GENOMIC_RISK_LOCI, LEAD_SNPS, IND_SIG_SNPS, GENES,
-                        REFERENCE_LOCI, GWAS_CATALOG)
+                        REFERENCE_LOCI, GWAS_CATALOG, PERDI_DIMS, PERDI_REGIONS, ATTENTION_SPOTLIGHT, QK_SPECTRUM)
 }

@@ -1,0 +1,237 @@
+"""Interpretation assets: PerDI maps and their atlas regions, attention spotlights, SmoothGrad saliency.
+
+``perdi_maps`` perturbs the dims the loci point at (the paper's choice: the five with the most
+significant SNPs plus the dims of novel loci) by 1 SD, decodes, and writes one voxelwise paired-t
+NIfTI and PNG per dim (``perdi_dims``); ``perdi_regions`` ranks the atlas regions each map touches
+(``perdi_regions``). ``attention_maps`` and ``saliency_maps`` read the model that encoded the
+cohort's UDIPs. Each takes its model from its inputs (:mod:`udip_assets.defs.lineage`); the
+domain code is in :mod:`udip_assets.interpret`.
+"""
+
+import base64
+from pathlib import Path
+
+import dagster as dg
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from udip_assets.cohort.spec import load_cohort
+from udip_assets.defs.lineage import LINEAGE_IO, ModelRef
+from udip_assets.defs.model import checkpoint_row, resolve_device, split_scans
+from udip_assets.defs.partitions import cohort_partitions
+from udip_assets.defs.resources import UdipHome
+from udip_assets.store.schema import (
+    ATTENTION_SPOTLIGHT,
+    PERDI_DIMS,
+    PERDI_REGIONS,
+    QK_SPECTRUM,
+    model_udip_columns,
+)
+
+
+def preview(png: Path) -> dg.MetadataValue:
+    """An inline image for the Dagster UI (markdown with the PNG as a data URI)."""
+    data = base64.b64encode(Path(png).read_bytes()).decode()
+    return dg.MetadataValue.md(f"![{Path(png).stem}](data:image/png;base64,{data})")
+
+
+class PerdiConfig(dg.Config):
+    """Which dims (None = the paper's rule), how many subjects, smoothing, and the atlas (None = AAL3 +
+    ventricles; else a labelled NIfTI and its id,name[,hemisphere] table, e.g. Harvard-Oxford)."""
+
+    dims: list[int] | None = None
+    n_top: int = 5
+    n_subjects: int = 500
+    sigma: float = 1.0
+    batch_size: int = 8
+    device: str = "auto"
+    atlas_nifti: str | None = None
+    atlas_labels: str | None = None
+
+
+def locus_dims(home: UdipHome, cohort: str, model_id: str) -> list[int]:
+    """Dims of the model's loci: every significant dim of a minP locus, and the best univariate dim at
+    the top SNP of a joint-test locus (which has no single dim)."""
+    if not home.has_table("genomic_risk_loci"):
+        return []
+    loci = home.query("SELECT method, rsID, dims FROM genomic_risk_loci WHERE cohort = ? AND model_id = ?",
+                      [cohort, model_id])
+    dims = [int(d) for v in loci.loc[loci["method"].fillna("minp") == "minp", "dims"].dropna()
+            for d in str(v).split(";") if d != ""]
+    joint = loci.loc[loci["method"] == "multivariate", "rsID"].tolist()
+    if joint:
+        marks = ", ".join("?" for _ in joint)
+        best = home.query(f"SELECT dim FROM minp WHERE cohort = ? AND model_id = ? AND snp IN ({marks})",
+                          [cohort, model_id, *joint])
+        dims += [int(d) for d in best["dim"]]
+    return list(dict.fromkeys(dims))
+
+
+@dg.asset(partitions_def=cohort_partitions, group_name="interpret", ins={"model": dg.AssetIn("minp_sumstats")},
+          deps=["genomic_risk_loci"], kinds={"nifti", "duckdb"}, io_manager_key=LINEAGE_IO)
+def perdi_maps(context: dg.AssetExecutionContext, config: PerdiConfig, home: UdipHome,
+               model: ModelRef) -> dg.Output[ModelRef]:
+    """PerDI: voxelwise paired t of the decoder's response to +1 SD on each chosen dim (NIfTI + PNG per dim)."""
+    from udip_assets.imaging.anatomy import load_anatomy
+    from udip_assets.interpret.atlas import symmetry_score
+    from udip_assets.interpret.perdi import choose_dims, finish_map, perdi_t_maps, t_map_figure, udip_sd, write_t_nifti
+
+    cohort, model_id = context.partition_key, model.model_id
+    grid = load_cohort(home.cohort_dir(cohort)).grid
+    minp = home.query("SELECT dim, p, significant FROM minp WHERE cohort = ? AND model_id = ?", [cohort, model_id])
+    dims, reason = choose_dims(minp, novel_dims=locus_dims(home, cohort, model_id), explicit=config.dims,
+                               n_top=config.n_top)
+    udips = home.query("SELECT * FROM udips WHERE cohort = ? AND model_id = ? AND split = 'inference' "
+                       "ORDER BY subject_id", [cohort, model_id])
+    matrix = udips[model_udip_columns(udips)].to_numpy(np.float64)
+    anatomy = load_anatomy(grid)
+    context.log.info(f"PerDI of dims {list(dims)} on {min(config.n_subjects, len(matrix))} subjects ({reason})")
+    result = perdi_t_maps(checkpoint_row(home, model_id)["path"], matrix[:config.n_subjects], dims, udip_sd(matrix),
+                          anatomy.brain_mask, batch_size=config.batch_size, device=resolve_device(config.device),
+                          progress=False)
+    out = home.artifacts("perdi", cohort, model_id)
+    rows = []
+    for d in dims:
+        t = finish_map(result.t_map(d), anatomy.brain_mask, config.sigma)
+        nii = write_t_nifti(t, grid, out / f"perdi_dim_{d:03d}.nii.gz", dof=result.n_subjects - 1)
+        png = t_map_figure(t, anatomy.t1, out / f"perdi_dim_{d:03d}.png", f"PerDI dim {d} (n={result.n_subjects})",
+                           grid=grid)
+        rows.append({"dim": d, "chosen_because": reason, "n_subjects": result.n_subjects,
+                     "perturbation_sd": float(result.delta[dims.index(d)]), "max_abs_t": float(np.abs(t).max()),
+                     "symmetry": symmetry_score(t, grid), "nifti_path": str(nii), "png_path": str(png)})
+    table = pd.DataFrame(rows)
+    home.write(PERDI_DIMS, table.assign(cohort=cohort, model_id=model_id), cohort=cohort, model_id=model_id)
+    return dg.Output(model, metadata={
+        "dims": dg.MetadataValue.json(list(dims)), "chosen_because": reason, "n_subjects": result.n_subjects,
+        "seconds": round(result.seconds, 1), "folder": dg.MetadataValue.path(str(out)),
+        "preview": preview(Path(rows[0]["png_path"]))})
+
+
+@dg.asset(partitions_def=cohort_partitions, group_name="interpret", ins={"maps": dg.AssetIn("perdi_maps")},
+          kinds={"duckdb"})
+def perdi_regions(context: dg.AssetExecutionContext, config: PerdiConfig, home: UdipHome,
+                  maps: ModelRef) -> dg.MaterializeResult:
+    """The atlas regions each PerDI map touches, ranked per dim (1 = most affected)."""
+    cohort, model_id = context.partition_key, maps.model_id
+    atlas = _atlas(home, cohort, config)
+    dims = home.query("SELECT dim, nifti_path FROM perdi_dims WHERE cohort = ? AND model_id = ? ORDER BY dim",
+                      [cohort, model_id])
+    from udip_assets.interpret.atlas import region_table
+
+    parts = [region_table(np.asarray(nib.load(row.nifti_path).dataobj, dtype=np.float64), atlas).assign(dim=row.dim)
+             for row in dims.itertuples()]
+    table = pd.concat(parts, ignore_index=True).assign(atlas=atlas.name, cohort=cohort, model_id=model_id)
+    table["rank"] = table["rank"].astype("Int64")
+    home.write(PERDI_REGIONS, table[[c for c in PERDI_REGIONS.column_names if c in table.columns]],
+               cohort=cohort, model_id=model_id)
+    top = {int(d): rows.nsmallest(3, "rank")["region"].tolist() for d, rows in table.groupby("dim")}
+    if atlas.lost:
+        context.log.warning(f"atlas {atlas.name}: labels {list(atlas.lost)} have no voxel on grid {atlas.grid.name}")
+    return dg.MaterializeResult(metadata={"model_id": model_id, "atlas": atlas.name, "n_rows": len(table),
+                                          "top_regions": dg.MetadataValue.json(top)})
+
+
+def _atlas(home: UdipHome, cohort: str, config: PerdiConfig):
+    from udip_assets.interpret.atlas import default_atlas, load_atlas
+
+    grid = load_cohort(home.cohort_dir(cohort)).grid
+    if config.atlas_nifti is None:
+        return default_atlas(grid)
+    if config.atlas_labels is None:
+        raise dg.Failure(f"atlas_nifti {config.atlas_nifti} needs atlas_labels, its id,name[,hemisphere] table")
+    return load_atlas(config.atlas_nifti, config.atlas_labels, grid)
+
+
+class AttentionConfig(dg.Config):
+    """Subjects whose encoder attention is summarised, and the spotlight rule (mean + n_sd SD)."""
+
+    n_subjects: int = 16
+    batch_size: int = 2
+    n_sd: float = 2.0
+    device: str = "auto"
+
+
+@dg.asset(partitions_def=cohort_partitions, group_name="interpret", ins={"embedded": dg.AssetIn("udip_embeddings")},
+          kinds={"pytorch", "duckdb"})
+def attention_maps(context: dg.AssetExecutionContext, config: AttentionConfig, home: UdipHome,
+                   embedded: ModelRef) -> dg.MaterializeResult:
+    """Spotlight tokens (patches most others attend to), patch-embedding correlations, W_K^T W_Q spectra."""
+    import torch
+
+    from udip_assets.imaging.anatomy import load_anatomy
+    from udip_assets.imaging.preprocess import load_preprocessed
+    from udip_assets.interpret.attention import (
+        embedding_correlation_figure,
+        patch_embedding_correlation,
+        qk_singular_values,
+        summarize_attention,
+        write_spotlight_maps,
+    )
+    from udip_assets.model.checkpoint import load_checkpoint
+
+    cohort, model_id = context.partition_key, embedded.model_id
+    grid = load_cohort(home.cohort_dir(cohort)).grid
+    net = load_checkpoint(checkpoint_row(home, model_id)["path"], device=resolve_device(config.device)).model
+    paths = split_scans(home, cohort, ("inference",))["cache_path"].tolist()[:config.n_subjects]
+    summary = summarize_attention(net, paths, grid, batch_size=config.batch_size, n_sd=config.n_sd)
+    part = {"cohort": cohort, "model_id": model_id}
+    home.write(ATTENTION_SPOTLIGHT, summary.assign(**part), **part)
+    home.write(QK_SPECTRUM, qk_singular_values(net).assign(**part), **part)
+    out = home.artifacts("attention", cohort, model_id)
+    nii, png = write_spotlight_maps(summary, net.cfg, grid, out, background=load_anatomy(grid).t1)
+    x = torch.from_numpy(np.stack([load_preprocessed(p).astype(np.float32) for p in paths[:4]]))
+    corr, _ = patch_embedding_correlation(net, x)
+    corr_png = embedding_correlation_figure(corr, out / "patch_embedding_correlation.png")
+    spot = summary[summary["is_spotlight"]]
+    return dg.MaterializeResult(metadata={
+        "model_id": model_id, "n_subjects": len(paths), "n_spotlight_rows": len(spot),
+        "spotlight_patches": dg.MetadataValue.json(sorted({int(p) for p in spot["patch_index"]})),
+        "spotlight_nifti": dg.MetadataValue.path(str(nii)), "correlation": dg.MetadataValue.path(str(corr_png)),
+        "preview": preview(png)})
+
+
+class SaliencyConfig(dg.Config):
+    """SmoothGrad of one dim (None = the first PerDI dim) on ``n_subjects`` scans, seeded."""
+
+    dim: int | None = None
+    n_subjects: int = 2
+    n_samples: int = 16
+    noise_sd: float = 0.5
+    seed: int = 0
+    device: str = "auto"
+
+
+@dg.asset(partitions_def=cohort_partitions, group_name="interpret", ins={"maps": dg.AssetIn("perdi_maps")},
+          kinds={"pytorch", "nifti"})
+def saliency_maps(context: dg.AssetExecutionContext, config: SaliencyConfig, home: UdipHome,
+                  maps: ModelRef) -> dg.MaterializeResult:
+    """SmoothGrad of a UDIP dim w.r.t. the input, and original vs reconstruction vs |difference| of two scans."""
+    from udip_assets.imaging.anatomy import load_anatomy
+    from udip_assets.interpret.saliency import smoothgrad, write_saliency_maps
+    from udip_assets.model.checkpoint import load_checkpoint
+    from udip_assets.model.extract import reconstruction_figure
+
+    cohort, model_id = context.partition_key, maps.model_id
+    grid = load_cohort(home.cohort_dir(cohort)).grid
+    dims = home.query("SELECT dim FROM perdi_dims WHERE cohort = ? AND model_id = ?", [cohort, model_id])["dim"]
+    dim = config.dim if config.dim is not None else int(dims.iloc[0])
+    net = load_checkpoint(checkpoint_row(home, model_id)["path"], device=resolve_device(config.device)).model
+    scans = split_scans(home, cohort, ("inference",)).head(config.n_subjects)
+    out = home.artifacts("saliency", cohort, model_id)
+    background = load_anatomy(grid).t1
+    files = []
+    for i, path in enumerate(scans["cache_path"]):
+        sal = smoothgrad(net, path, dim, grid, n_samples=config.n_samples, noise_sd=config.noise_sd, seed=config.seed)
+        files.append(write_saliency_maps(sal, grid, out / f"smoothgrad_dim_{dim:03d}_scan{i}.nii.gz",
+                                         out / f"smoothgrad_dim_{dim:03d}_scan{i}.png",
+                                         title=f"SmoothGrad of dim {dim}, scan {i + 1}", background=background))
+    recon = reconstruction_figure(net, scans["cache_path"].tolist()[:2], ["scan A", "scan B"],
+                                  out / "reconstruction_difference.png", difference=True)
+    return dg.MaterializeResult(metadata={
+        "model_id": model_id, "dim": dim, "n_scans": len(files), "seed": config.seed,
+        "smoothgrad": dg.MetadataValue.path(str(files[0][0])), "reconstruction": dg.MetadataValue.path(str(recon)),
+        "preview": preview(files[0][1])})
+
+
+interpret_assets = [perdi_maps, perdi_regions, attention_maps, saliency_maps]
