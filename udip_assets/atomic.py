@@ -119,3 +119,15 @@ def write_tsv_atomic(df: pd.DataFrame, path: Path | str) -> Path:
         except pa.ArrowInvalid:  # a value needs quoting
             df.to_csv(tmp, sep="\t", index=False)
     return Path(path)
+
+
+def save_figure_atomic(figure, path: Path | str, dpi: int = 100) -> Path:
+    """Save a matplotlib figure (anything with ``savefig``) to ``path`` atomically, its folder created.
+
+    The temporary keeps ``path``'s extension, from which matplotlib takes the format.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        figure.savefig(tmp, dpi=dpi)
+    return path

@@ -58,7 +58,7 @@ from scipy.cluster import hierarchy  # noqa: E402
 from scipy.spatial.distance import squareform  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from udip_assets.atomic import atomic_path  # noqa: E402
+from udip_assets.atomic import save_figure_atomic  # noqa: E402
 from udip_assets.errors import UdipConfigError  # noqa: E402
 from udip_assets.imaging.grids import Grid  # noqa: E402
 from udip_assets.interpret.brainmaps import grid_offsets, paint_patches, write_map  # noqa: E402
@@ -436,12 +436,9 @@ def embedding_correlation_figure(corr: np.ndarray, path: str | Path, title: str 
     ax.set_ylabel("patch (clustered order)")
     ax.set_title(title or f"input embeddings of {len(corr)} patches, average-linkage order", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
+    save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
-    return path
+    return Path(path)
 
 
 def qk_singular_values(model: ViTAE | nn.Module) -> pd.DataFrame:

@@ -59,8 +59,8 @@ from udip_assets.atomic import atomic_path  # noqa: E402
 from udip_assets.errors import SummaryStatsError, UdipConfigError  # noqa: E402
 from udip_assets.imaging.grids import Grid  # noqa: E402
 from udip_assets.imaging.preprocess import pad_offsets, pad_to_patch_multiple, padded_shape  # noqa: E402
-from udip_assets.model.checkpoint import load_checkpoint  # noqa: E402
 from udip_assets.model.config import ModelConfig  # noqa: E402
+from udip_assets.model.extract import as_model  # noqa: E402
 from udip_assets.model.vit_ae import ViTAE  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -299,16 +299,6 @@ def template_kept(mask: np.ndarray, cfg: ModelConfig) -> np.ndarray:
     return blocks.any(axis=(1, 3, 5)).reshape(-1)  # (N,)
 
 
-def _as_model(model: ViTAE | nn.Module | str | Path, device: torch.device) -> ViTAE:
-    """A ViTAE on ``device``: loaded from a checkpoint path, unwrapped from DDP, or moved."""
-    if isinstance(model, str | Path):
-        return load_checkpoint(model, device=device).model
-    model = getattr(model, "module", model)  # DistributedDataParallel -> ViTAE
-    if not isinstance(model, ViTAE):
-        raise UdipConfigError(f"model must be a ViTAE or a checkpoint path, got {type(model).__name__}")
-    return model.to(device)
-
-
 def _check_inputs(cfg: ModelConfig, udips: np.ndarray, dims: Sequence[int], sd: np.ndarray,
                   batch_size: int) -> tuple[np.ndarray, tuple[int, ...], np.ndarray]:
     """Validated (udips float32, dims, delta per dim float64)."""
@@ -432,7 +422,7 @@ def perdi_t_maps(model: ViTAE | nn.Module | str | Path, udips: np.ndarray, dims:
     cohort grid with :func:`~udip_assets.imaging.preprocess.pad_offsets`.
     """
     device = torch.device(device)
-    net = _as_model(model, device)
+    net = as_model(model, device)
     mask = _check_mask(mask, net.cfg)
     udips, dims, delta = _check_inputs(net.cfg, udips, dims, sd, batch_size)
     kept = _check_kept(kept, mask, net.cfg)

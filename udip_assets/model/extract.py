@@ -25,7 +25,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from udip_assets.atomic import atomic_path  # noqa: E402
+from udip_assets.atomic import save_figure_atomic  # noqa: E402
 from udip_assets.errors import UdipConfigError  # noqa: E402
 from udip_assets.imaging.dataset import PreprocessedScanDataset  # noqa: E402
 from udip_assets.imaging.preprocess import load_preprocessed  # noqa: E402
@@ -40,7 +40,7 @@ def udip_columns(n_dims: int) -> list[str]:
     return [f"udip_{d:03d}" for d in range(n_dims)]
 
 
-def _as_model(model: ViTAE | nn.Module | str | Path, device: str | torch.device) -> ViTAE:
+def as_model(model: ViTAE | nn.Module | str | Path, device: str | torch.device) -> ViTAE:
     """A ViTAE on ``device``: loaded from a checkpoint path, unwrapped from DDP, or moved."""
     if isinstance(model, str | Path):
         return load_checkpoint(model, device=device).model
@@ -106,7 +106,7 @@ def extract_udips(model: ViTAE | nn.Module | str | Path, paths: Sequence[str | P
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UdipConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     device = torch.device(device)
-    net = _as_model(model, device)
+    net = as_model(model, device)
     dataset = PreprocessedScanDataset(paths, subject_ids)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
@@ -213,12 +213,9 @@ def reconstruction_figure(model: ViTAE | nn.Module, volumes: Sequence, subject_l
     net = getattr(model, "module", model)
     originals, recon = _reconstruct(net, volumes)
     fig = _figure(originals, recon, [str(s) for s in subject_labels], difference)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100)
+    save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
-    return path
+    return Path(path)
 
 
 __all__ = ["extract_udips", "reconstruction_figure", "udip_columns"]

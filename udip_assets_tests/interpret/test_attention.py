@@ -36,12 +36,6 @@ CFG, _ = preset("tiny")  # 28x32x28 volumes, 7x8x7 patches, 4x4x4 grid, enc_dim 
 GRID = Grid("tiny_test", (26, 30, 27), 2.0, (50.0, -60.0, -40.0))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def brain_volumes(n: int, seed: int) -> torch.Tensor:

@@ -23,12 +23,6 @@ CFG, _ = preset("tiny")
 GRID = Grid("tiny_test", (26, 30, 27), 2.0, (50.0, -60.0, -40.0))  # pads to 28x32x28, offsets (1, 1, 0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def brain_volume(seed: int) -> torch.Tensor:
