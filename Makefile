@@ -44,6 +44,8 @@ demo: install
 	$(BIN)/udip sql "SELECT split, kept, count(*) AS n FROM subjects WHERE cohort = '$(DEMO_NAME)' GROUP BY ALL ORDER BY ALL"
 	$(BIN)/udip sql "SELECT s.model_id, s.epoch, round(c.val_loss, 4) AS val_loss, s.loci_count, s.selected FROM model_selection s JOIN checkpoints c USING (model_id) WHERE s.cohort = '$(DEMO_NAME)' ORDER BY s.epoch"
 	$(BIN)/udip sql "SELECT method, \"GenomicLocus\" AS locus, chr, start, \"end\", p, \"nLeadSNPs\" AS n_lead, dim, dims FROM genomic_risk_loci g WHERE cohort = '$(DEMO_NAME)' AND model_id = (SELECT model_id FROM model_selection WHERE cohort = '$(DEMO_NAME)' AND selected) ORDER BY 1, 2"
+	$(BIN)/udip perdi --cohort $(DEMO_NAME) --top 3
+	$(BIN)/udip sql "SELECT layer, count(*) FILTER (WHERE is_spotlight) AS n_spotlight, round(max(attention_in), 4) AS max_attention_in FROM attention_spotlight WHERE cohort = '$(DEMO_NAME)' AND model_id = (SELECT model_id FROM model_selection WHERE cohort = '$(DEMO_NAME)' AND selected) GROUP BY 1 ORDER BY 1"
 	$(BIN)/udip truth --cohort $(DEMO_NAME) --control
 	@$(BIN)/udip where
 
