@@ -32,14 +32,6 @@ OFFSETS = (1, 1, 0)
 PLANTED_PATCH = (1, 2, 2)  # patch grid coordinates (4x4x4 grid) of the planted effect
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two cores are shared: keep torch to one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def cfg():
