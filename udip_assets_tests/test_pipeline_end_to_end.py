@@ -33,7 +33,6 @@ RUN_CONFIG = {"ops": {
     "checkpoint_loci_sweep": {"config": {"every_epochs": 2, "device": "cpu", "patience_epochs": 2}},
     "udip_embeddings": {"config": {"device": "cpu"}},
     "perdi_maps": {"config": {"n_subjects": 60, "device": "cpu"}},
-    "perdi_regions": {"config": {"n_subjects": 60, "device": "cpu"}},
     "attention_maps": {"config": {"n_subjects": 4, "device": "cpu"}},
     "saliency_maps": {"config": {"n_samples": 4, "device": "cpu"}},
 }}

@@ -37,8 +37,7 @@ def preview(png: Path) -> dg.MetadataValue:
 
 
 class PerdiConfig(dg.Config):
-    """Which dims (None = the paper's rule), how many subjects, smoothing, and the atlas (None = AAL3 +
-    ventricles; else a labelled NIfTI and its id,name[,hemisphere] table, e.g. Harvard-Oxford)."""
+    """Which dims (None = the paper's rule), how many subjects, and the smoothing."""
 
     dims: list[int] | None = None
     n_top: int = 5
@@ -46,6 +45,12 @@ class PerdiConfig(dg.Config):
     sigma: float = 1.0
     batch_size: int = 8
     device: str = "auto"
+
+
+class AtlasConfig(dg.Config):
+    """The atlas: None = AAL3 + ventricles; else a labelled NIfTI and its id,name[,hemisphere] table
+    (e.g. Harvard-Oxford)."""
+
     atlas_nifti: str | None = None
     atlas_labels: str | None = None
 
@@ -110,7 +115,7 @@ def perdi_maps(context: dg.AssetExecutionContext, config: PerdiConfig, home: Udi
 
 @dg.asset(partitions_def=cohort_partitions, group_name="interpret", ins={"maps": dg.AssetIn("perdi_maps")},
           kinds={"duckdb"})
-def perdi_regions(context: dg.AssetExecutionContext, config: PerdiConfig, home: UdipHome,
+def perdi_regions(context: dg.AssetExecutionContext, config: AtlasConfig, home: UdipHome,
                   maps: ModelRef) -> dg.MaterializeResult:
     """The atlas regions each PerDI map touches, ranked per dim (1 = most affected)."""
     cohort, model_id = context.partition_key, maps.model_id
@@ -132,7 +137,7 @@ def perdi_regions(context: dg.AssetExecutionContext, config: PerdiConfig, home: 
                                           "top_regions": dg.MetadataValue.json(top)})
 
 
-def _atlas(home: UdipHome, cohort: str, config: PerdiConfig):
+def _atlas(home: UdipHome, cohort: str, config: AtlasConfig):
     from udip_assets.interpret.atlas import default_atlas, load_atlas
 
     grid = load_cohort(home.cohort_dir(cohort)).grid

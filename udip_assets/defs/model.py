@@ -62,7 +62,9 @@ class ModelAssetConfig(dg.Config):
 
     def overrides(self) -> dict:
         """The fields to override: the typed ones that are set, then ``overrides_json``'s."""
-        typed = {k: v for k, v in self.model_dump().items() if k in TYPED_OVERRIDES and v is not None}
+        # lists (the launchpad's form of a tuple, e.g. patch) become the tuples the dataclasses hold
+        typed = {k: tuple(v) if isinstance(v, list) else v for k, v in self.model_dump().items()
+                 if k in TYPED_OVERRIDES and v is not None}
         try:
             extra = json.loads(self.overrides_json)
         except json.JSONDecodeError as exc:
