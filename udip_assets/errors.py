@@ -11,7 +11,15 @@ class UdipConfigError(ValueError):
 
 
 class CohortSpecError(UdipConfigError):
-    """A ``cohort.yaml`` is missing, malformed, or names files that do not exist."""
+    """A ``cohort.yaml`` is missing, malformed, or names files that do not exist.
+
+    ``problems`` lists each one (:class:`udip_assets.cohort.spec.CohortProblem`) when the error
+    comes from reading the file.
+    """
+
+    def __init__(self, message: str, problems: list | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
 
 
 class ScanError(RuntimeError):

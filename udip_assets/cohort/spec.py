@@ -122,63 +122,162 @@ def _resolve(root: Path, value: str | None) -> Path | None:
     return p if p.is_absolute() else (root / p)
 
 
-def load_cohort(path: Path | str) -> CohortSpec:
-    """Read a cohort from its folder or its ``cohort.yaml``, checking that the files it names exist.
+@dataclass(frozen=True)
+class CohortProblem:
+    """One thing wrong with a ``cohort.yaml``: where, what was expected, what was found, the fix."""
 
-    Raises
-    ------
-    CohortSpecError
-        If the file is missing or malformed, or names files that do not exist; the message names
-        the key and the path.
-    """
-    path = Path(path)
-    yml = path / COHORT_FILE if path.is_dir() or not path.suffix else path
+    file: Path
+    key: str
+    expected: str
+    found: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: expected {self.expected}, found {self.found}; {self.fix}"
+
+
+_REQUIRED = ("name", "resolution_mm", "scans", "genotypes", "covariates")
+_OPTIONAL_FILES = ("relatedness", "genes", "truth", "reference_loci", "gwas_catalog")
+_KNOWN = {*_REQUIRED, *_OPTIONAL_FILES}
+_EXAMPLES = {"name": "my_cohort", "resolution_mm": "1", "scans": "{dir: scans}",
+             "genotypes": "{plink: genotypes/cohort} (genotypes.plink: the .bed/.bim/.fam prefix)",
+             "covariates": "covariates.csv"}
+
+
+class _Problems(list):
+    def add(self, yml: Path, key: str, expected: str, found: str, fix: str) -> None:
+        self.append(CohortProblem(yml, key, expected, found, fix))
+
+
+def _yaml_of(path: Path) -> Path:
+    return path / COHORT_FILE if path.is_dir() or not path.suffix else path
+
+
+def _read_raw(yml: Path, problems: _Problems) -> dict | None:
     if not yml.exists():
-        raise CohortSpecError(f"no {COHORT_FILE} at {yml}; create one (see README, 'Bring your own cohort')")
+        problems.add(yml, "(file)", f"a {COHORT_FILE}", "no such file",
+                     "create one (see README, 'Bring your own cohort')")
+        return None
     try:
-        raw = yaml.safe_load(yml.read_text()) or {}
+        raw = yaml.safe_load(yml.read_text())
     except yaml.YAMLError as exc:
-        raise CohortSpecError(f"{yml} is not valid YAML: {exc}") from exc
+        problems.add(yml, "(file)", "valid YAML", str(exc).replace("\n", " "), "fix the YAML syntax")
+        return None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.add(yml, "(file)", "a mapping of keys", type(raw).__name__, "write key: value lines")
+        return None
+    return raw
+
+
+def _check_keys(yml: Path, raw: dict, problems: _Problems) -> None:
+    for key in _REQUIRED:
+        if raw.get(key) in (None, "", {}):
+            problems.add(yml, key, f"a value (required), e.g. {key}: {_EXAMPLES[key]}", "nothing",
+                         f"add the {key} key (see README, 'Bring your own cohort')")
+    name = raw.get("name")
+    if name not in (None, "") and not _NAME.match(str(name)):
+        problems.add(yml, "name", "1-64 letters, digits, '_', '-' or '.', starting with a letter or digit",
+                     repr(name), "rename the cohort")
+    res = raw.get("resolution_mm")
+    if res is not None and (isinstance(res, bool) or res not in (1, 2)):
+        problems.add(yml, "resolution_mm", "1 (UK Biobank 182x218x182 grid) or 2 (91x109x91 demo grid)", repr(res),
+                     "resample the scans to the MNI152 1 mm or 2 mm grid and say which")
+    scans = raw.get("scans")
+    if scans is not None and not isinstance(scans, dict):
+        problems.add(yml, "scans", "a mapping with dir: or manifest:", repr(scans), "write scans: {dir: scans}")
+    elif isinstance(scans, dict) and ("dir" in scans) == ("manifest" in scans):
+        problems.add(yml, "scans", "exactly one of scans.dir (UK Biobank layout) or scans.manifest (CSV with "
+                     "subject_id, visit, path)", f"keys {sorted(scans)}", "keep one of the two")
+    genotypes = raw.get("genotypes")
+    if genotypes is not None and not (isinstance(genotypes, dict) and genotypes.get("plink")):
+        problems.add(yml, "genotypes", "a PLINK 1 prefix as genotypes.plink", repr(genotypes),
+                     "write genotypes: {plink: genotypes/cohort} (the .bed/.bim/.fam without extension)")
+
+
+def _named_paths(raw: dict, root: Path) -> dict[str, Path]:
+    """Each file or folder the keys name (those well-formed), resolved against ``root``."""
+    out = {key: _resolve(root, raw[key]) for key in ("covariates", *_OPTIONAL_FILES)
+           if isinstance(raw.get(key), str | Path) and raw[key] != ""}
+    scans = raw.get("scans")
+    if isinstance(scans, dict):
+        out.update({f"scans.{k}": _resolve(root, scans[k]) for k in ("dir", "manifest") if scans.get(k)})
+    return out
+
+
+def _check_files(raw: dict, root: Path, yml: Path, problems: _Problems) -> None:
+    for key, p in _named_paths(raw, root).items():
+        if not p.exists():
+            problems.add(yml, key, "an existing path", f"{p} (does not exist)", "fix the path (relative to the "
+                         "folder of cohort.yaml) or create the file")
+    genotypes = raw.get("genotypes")
+    if isinstance(genotypes, dict) and genotypes.get("plink"):
+        prefix = _resolve(root, genotypes["plink"])
+        for ext in (".bed", ".bim", ".fam"):
+            f = prefix.with_name(prefix.name + ext)
+            if not f.exists():
+                problems.add(yml, "genotypes.plink", f"the prefix of a {ext} file (PLINK 1 .bed/.bim/.fam)",
+                             f"{prefix} without {f.name}", "point genotypes.plink at the fileset prefix")
+    covariates = _named_paths(raw, root).get("covariates")
+    if covariates is not None and covariates.is_file():
+        header = covariates.open().readline().strip().split(",")
+        if "eid" not in header:
+            problems.add(yml, "covariates", "a CSV whose first line names an 'eid' column (UK Biobank showcase "
+                         "field names)", f"columns {header[:6]}", "rename the subject id column to eid")
+
+
+def check_cohort(path: Path | str) -> tuple[CohortSpec | None, list[CohortProblem]]:
+    """Read a cohort's ``cohort.yaml`` and list every problem with it (empty when it is usable).
+
+    Returns the spec (None when there is any problem) and the problems: missing or malformed
+    keys, an unsupported resolution, files that do not exist, a covariate table without ``eid``.
+    """
+    yml = _yaml_of(Path(path))
+    problems = _Problems()
+    raw = _read_raw(yml, problems)
+    if raw is None:
+        return None, list(problems)
     root = yml.parent.resolve()
-    for key in ("name", "resolution_mm", "scans", "genotypes", "covariates"):
-        if key not in raw:
-            raise CohortSpecError(f"{yml} lacks the required key {key!r}")
-    scans = raw["scans"] or {}
-    genotypes = raw["genotypes"] or {}
-    if "plink" not in genotypes:
-        raise CohortSpecError(f"{yml}: genotypes must give a PLINK prefix as genotypes.plink")
-    known = {"name", "resolution_mm", "scans", "genotypes", "covariates", "relatedness", "genes", "truth",
-             "reference_loci", "gwas_catalog"}
+    _check_keys(yml, raw, problems)
+    _check_files(raw, root, yml, problems)
+    if problems:
+        return None, list(problems)
+    scans = raw["scans"]
     spec = CohortSpec(
         name=str(raw["name"]),
         root=root,
         resolution_mm=int(raw["resolution_mm"]),
         scans_dir=_resolve(root, scans.get("dir")),
         scans_manifest=_resolve(root, scans.get("manifest")),
-        genotypes=_resolve(root, genotypes["plink"]),
+        genotypes=_resolve(root, raw["genotypes"]["plink"]),
         covariates=_resolve(root, raw["covariates"]),
-        relatedness=_resolve(root, raw.get("relatedness")),
-        genes=_resolve(root, raw.get("genes")),
-        truth=_resolve(root, raw.get("truth")),
-        reference_loci=_resolve(root, raw.get("reference_loci")),
-        gwas_catalog=_resolve(root, raw.get("gwas_catalog")),
-        extra={k: v for k, v in raw.items() if k not in known},
+        **{key: _resolve(root, raw.get(key)) for key in _OPTIONAL_FILES},
+        extra={k: v for k, v in raw.items() if k not in _KNOWN},
     )
-    _check_files(spec, yml)
+    return spec, []
+
+
+def format_problems(problems: list[CohortProblem]) -> str:
+    """The problems as one message, one numbered line each."""
+    head = f"{len(problems)} problem(s) in {problems[0].file}:" if problems else "no problems"
+    return "\n".join([head, *(f"  {i}. {p.key}: expected {p.expected}; found {p.found}; fix: {p.fix}"
+                               for i, p in enumerate(problems, 1))])
+
+
+def load_cohort(path: Path | str) -> CohortSpec:
+    """Read a cohort from its folder or its ``cohort.yaml``, checking that the files it names exist.
+
+    Raises
+    ------
+    CohortSpecError
+        Listing every problem :func:`check_cohort` finds (file, key, expected, found, fix);
+        ``.problems`` holds them.
+    """
+    spec, problems = check_cohort(path)
+    if problems:
+        raise CohortSpecError(format_problems(problems), problems)
     return spec
-
-
-def _check_files(spec: CohortSpec, yml: Path) -> None:
-    required = {"covariates": spec.covariates, "scans.dir": spec.scans_dir, "scans.manifest": spec.scans_manifest}
-    optional = {"relatedness": spec.relatedness, "genes": spec.genes, "truth": spec.truth,
-                "reference_loci": spec.reference_loci, "gwas_catalog": spec.gwas_catalog}
-    for key, p in {**required, **optional}.items():
-        if p is not None and not p.exists():
-            raise CohortSpecError(f"{yml}: {key} names {p}, which does not exist; fix the path")
-    for ext in (".bed", ".bim", ".fam"):
-        f = spec.genotypes.with_name(spec.genotypes.name + ext)
-        if not f.exists():
-            raise CohortSpecError(f"{yml}: genotypes.plink names the prefix {spec.genotypes}, but {f} does not exist")
 
 
 def write_cohort_yaml(spec: CohortSpec) -> Path:
