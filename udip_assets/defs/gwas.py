@@ -23,13 +23,13 @@ from udip_assets.atomic import atomic_path, write_text_atomic, write_tsv_atomic
 from udip_assets.cohort.gwas_inputs import gwas_sample
 from udip_assets.cohort.spec import load_cohort
 from udip_assets.defs.lineage import LINEAGE_IO, ModelRef, one_model
-from udip_assets.defs.partitions import chrom_partitions, cohort_chrom_partitions, cohort_partitions
+from udip_assets.defs.metadata import figure, table_metadata
+from udip_assets.defs.partitions import cohort_chrom_partitions, cohort_partitions, genotyped_chromosomes
 from udip_assets.defs.resources import UdipHome
 from udip_assets.genetics.clump import genome_wide_threshold
 from udip_assets.genetics.design import PAPER_CATEGORICAL, PAPER_NUMERIC, CovariateSpec
 from udip_assets.genetics.genotype_stream import PlinkSource
 from udip_assets.genetics.gwas import GwasConfig, fuma_minp_table, lambda_from_histogram, scan_associations
-from udip_assets.genetics.plink import read_bim
 from udip_assets.store.schema import GWAS_HITS, MINP, MULTIVARIATE
 from udip_assets.store.warehouse import connect
 
@@ -70,8 +70,18 @@ def gwas_dir(home: UdipHome, cohort: str, model_id: str, chrom: str) -> Path:
 
 def _gather_chromosomes(home: UdipHome, chromosomes: list[ModelRef], cohort: str,
                         name: str) -> tuple[ModelRef, pd.DataFrame, list[Path]]:
-    """The one model of ``chromosomes`` (gwas_sumstats outputs) and their ``<name>.parquet`` concatenated."""
+    """The one model of ``chromosomes`` (gwas_sumstats outputs) and their ``<name>.parquet`` concatenated.
+
+    Only the chromosomes the cohort's genotypes hold count (another cohort's chromosomes are
+    partitions too, recorded as not genotyped); each of them must have been tested.
+    """
+    genotyped = cohort_chromosomes(home, cohort)
+    chromosomes = [ref for ref in chromosomes if str(ref.chrom) in genotyped]
     model = one_model(chromosomes, cohort)
+    untested = [c for c in genotyped if c not in {str(ref.chrom) for ref in chromosomes}]
+    if untested:
+        raise dg.Failure(f"cohort {cohort}: gwas_sumstats has not been materialized for genotyped chromosome(s) "
+                         f"{', '.join(untested)}; materialize those partitions ({cohort}|chrom) first")
     files = [gwas_dir(home, cohort, model.model_id, str(ref.chrom)) / f"{name}.parquet" for ref in chromosomes]
     missing = [f for f in files if not f.exists()]
     if missing:
@@ -94,6 +104,10 @@ def gwas_sumstats(context: dg.AssetExecutionContext, config: GwasAssetConfig, ho
     cohort, chrom = keys["cohort"], keys["chrom"]
     spec = load_cohort(home.cohort_dir(cohort))
     model_id = udips.model_id
+    if chrom not in genotyped_chromosomes(spec):
+        # a chromosome of another cohort (the partitions are a product): nothing to test, nothing written
+        context.log.info(f"cohort {cohort} has no chromosome {chrom} in {spec.genotypes}.bim; nothing to test")
+        return dg.Output(replace(udips, chrom=chrom), metadata={"genotyped": False, "n_variants": 0})
     sample = gwas_sample(
         home.query("SELECT * FROM subjects WHERE cohort = ?", [cohort]),
         home.query("SELECT * FROM udips WHERE cohort = ? AND model_id = ?", [cohort, model_id]),
@@ -163,8 +177,9 @@ def multivariate_sumstats(context: dg.AssetExecutionContext, config: Multivariat
         "n_snps": len(table), "n_significant": int(table["significant"].sum()),
         "df1": int(table["df1"].max()) if len(table) else 0, "sig_p": config.sig_p,
         "min_p": float(table["p"].min()) if len(table) else float("nan"),
-        "manhattan": dg.MetadataValue.path(str(out / "manhattan_multivariate.png")),
-        "table": dg.MetadataValue.path(str(tsv))})
+        "manhattan": figure(out / "manhattan_multivariate.png", "Manhattan of the joint test"),
+        "table_file": dg.MetadataValue.path(str(tsv)),
+        **table_metadata(home, MULTIVARIATE, cohort=cohort, model_id=model_id)})
 
 
 class MinpConfig(dg.Config):
@@ -198,8 +213,8 @@ def minp_sumstats(context: dg.AssetExecutionContext, config: MinpConfig, home: U
         "n_chromosomes": len(files), "sig_p": sig_p, "n_dims": len(lambdas),
         "lambda_gc_min": float(np.nanmin(lambdas)), "lambda_gc_median": float(np.nanmedian(lambdas)),
         "lambda_gc_max": float(np.nanmax(lambdas)),
-        "manhattan": dg.MetadataValue.path(str(out / "manhattan.png")),
-        "fuma_minp": dg.MetadataValue.path(str(fuma))})
+        "manhattan": figure(out / "manhattan.png", "Manhattan of minP"), "qq": figure(out / "qq.png", "QQ of minP"),
+        "fuma_minp": dg.MetadataValue.path(str(fuma)), **table_metadata(home, MINP, cohort=cohort, model_id=model_id)})
 
 
 def _lambda_gc(minp_files: list[Path]) -> np.ndarray:
@@ -223,10 +238,8 @@ def _lambda_gc(minp_files: list[Path]) -> np.ndarray:
 
 
 def cohort_chromosomes(home: UdipHome, cohort: str) -> list[str]:
-    """Chromosomes present in the cohort's genotypes that are also partitions of ``gwas_sumstats``."""
-    spec = load_cohort(home.cohort_dir(cohort))
-    present = set(read_bim(spec.genotypes.with_name(spec.genotypes.name + ".bim"))["chrom"].astype(str))
-    return [c for c in chrom_partitions.get_partition_keys() if c in present]
+    """The chromosomes of the cohort's genotypes (its ``gwas_sumstats`` partitions that test SNPs)."""
+    return genotyped_chromosomes(load_cohort(home.cohort_dir(cohort)))
 
 
 gwas_assets = [gwas_sumstats, minp_sumstats, multivariate_sumstats]

@@ -27,6 +27,7 @@ from pathlib import Path
 import dagster as dg
 
 from udip_assets.atomic import write_text_atomic
+from udip_assets.defs.partitions import chrom_order
 from udip_assets.defs.resources import UdipHome
 
 LINEAGE_IO = "lineage_io"
@@ -81,7 +82,7 @@ def one_model(refs: Sequence[ModelRef], cohort: str) -> ModelRef:
     for ref in refs:
         by_model.setdefault(ref.model_id, []).append(str(ref.chrom))
     if len(by_model) > 1:
-        listing = "; ".join(f"{m}: chromosomes {', '.join(sorted(c, key=_chrom_order))}"
+        listing = "; ".join(f"{m}: chromosomes {', '.join(sorted(c, key=chrom_order))}"
                             for m, c in sorted(by_model.items()))
         raise dg.Failure(f"the GWAS chromosomes of cohort {cohort} tested different models ({listing}); "
                          f"re-materialize gwas_sumstats for every chromosome of {cohort} so that they test "
@@ -96,10 +97,6 @@ def same_model(refs: dict[str, ModelRef], cohort: str) -> ModelRef:
         listing = ", ".join(f"{name} of {ref.model_id}" for name, ref in sorted(refs.items()))
         raise dg.Failure(f"cohort {cohort}: {listing}; re-materialize them from the same gwas_sumstats")
     return next(iter(refs.values()))
-
-
-def _chrom_order(chrom: str) -> tuple[int, str]:
-    return (int(chrom), "") if chrom.isdigit() else (10_000, chrom)
 
 
 class LineageIOManager(dg.ConfigurableIOManager):
