@@ -1,19 +1,24 @@
-"""Run the asset graph for a cohort, in-process, against the persistent Dagster instance.
+"""Run the asset graph for a cohort against the persistent Dagster instance.
 
-Used by ``udip materialize`` and ``make demo``: runs land in ``$UDIP_HOME/dagster`` so the Dagster
-UI (``make ui``) shows them, with their metadata and checks.
+Used by ``udip materialize`` and ``make demo``: runs are launched through ``$UDIP_HOME/dagster``
+(:mod:`udip_assets.defs.launch`), so the Dagster UI (``make ui``) shows them as its own, with
+their metadata and checks, and can re-execute them.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 
 from udip_assets import paths
-from udip_assets.defs.partitions import cohort_partitions
+from udip_assets.cohort.spec import load_cohort
+from udip_assets.defs.launch import code_location, launch_run, wait_for_run
+from udip_assets.defs.partitions import add_cohort_partitions
 from udip_assets.defs.resources import UdipHome
 
 DAGSTER_YAML = """\
@@ -132,34 +137,78 @@ def materialize_cohort(
     selection: str | None = None,
     run_config: dict | None = None,
     instance: dg.DagsterInstance | None = None,
+    on_event: Callable[[str, object], None] | None = None,
 ) -> PipelineResult:
     """Materialize the pipeline (or ``selection``, a Dagster selection string) for one cohort.
 
     Runs the stages of :func:`plan_stages` in order (the cohort's assets up to its UDIPs, the
     GWAS once per chromosome present in its genotypes, then the assets downstream of it); a failed
-    stage stops the later ones. The cohort is added as a dynamic partition first if it is new.
-    ``run_config`` may name ops of any stage.
+    stage stops the later ones. The cohort and its chromosomes are added as dynamic partitions first
+    if they are new. ``run_config`` may name ops of any stage.
+
+    On a persistent instance (the default, ``$UDIP_HOME/dagster``) each run is launched through it
+    (:mod:`udip_assets.defs.launch`): an ordinary run of the code location, re-executable from the
+    UI, whose events ``on_event(stage label, event log entry)`` receives as they happen. On an
+    ephemeral instance (tests) the runs execute in this process.
     """
     from udip_assets.definitions import defs, resources
     from udip_assets.defs.gwas import cohort_chromosomes
 
+    home: UdipHome = resources["home"]
+    spec = load_cohort(home.cohort_dir(cohort))  # every problem of its cohort.yaml, before any run
     if instance is None:
         ensure_dagster_home()
         instance = dg.DagsterInstance.get()
-    if not instance.has_dynamic_partition(cohort_partitions.name, cohort):
-        instance.add_dynamic_partitions(cohort_partitions.name, [cohort])
-    home: UdipHome = resources["home"]
-    out = PipelineResult()
-    for stage in plan_stages(defs, selection):
-        partitions = ([dg.MultiPartitionKey({"cohort": cohort, "chrom": c}) for c in cohort_chromosomes(home, cohort)]
-                      if stage.multi else [cohort])
-        stage_config = _stage_run_config(defs, set(stage.keys), run_config or {})
-        for key in partitions:
-            result = _materialize(set(stage.keys), key, instance, stage_config)
-            out.runs.append((stage.label, str(key), result))
-            if not result.success:
-                return out
-    return out
+    add_cohort_partitions(instance, spec)
+    stages = plan_stages(defs, selection)
+    with ExitStack() as stack:
+        process = None if instance.is_ephemeral else stack.enter_context(code_location(instance))
+        out = PipelineResult()
+        for stage in stages:
+            partitions = ([dg.MultiPartitionKey({"cohort": cohort, "chrom": c})
+                           for c in cohort_chromosomes(home, cohort)] if stage.multi else [cohort])
+            stage_config = _stage_run_config(defs, set(stage.keys), run_config or {})
+            for key in partitions:
+                if process is None:
+                    result = _materialize(set(stage.keys), key, instance, stage_config)
+                else:
+                    result = _launch(process, stage, key, stage_config, on_event)
+                out.runs.append((stage.label, str(key), result))
+                if not result.success:
+                    return out
+        return out
+
+
+@dataclass
+class LaunchedRun:
+    """A finished run launched through the instance, read back from its event log."""
+
+    run: dg.DagsterRun
+    instance: dg.DagsterInstance
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    @property
+    def success(self) -> bool:
+        return self.run.status == dg.DagsterRunStatus.SUCCESS
+
+    @property
+    def all_events(self) -> list:
+        return [e.dagster_event for e in self.instance.all_logs(self.run_id) if e.dagster_event is not None]
+
+    def get_asset_check_evaluations(self) -> list:
+        return [e.event_specific_data for e in self.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+
+
+def _launch(process, stage: Stage, key, run_config: dict,
+            on_event: Callable[[str, object], None] | None) -> LaunchedRun:
+    """One stage x partition as a launched run, waited for."""
+    run_id = launch_run(process, set(stage.keys), str(key), run_config, tags={"udip/stage": stage.label})
+    label = f"{stage.label} [{key}]"
+    run = wait_for_run(process.instance, run_id, (lambda e: on_event(label, e)) if on_event else None)
+    return LaunchedRun(run, process.instance)
 
 
 def _materialize(keys: set[dg.AssetKey], partition_key: str, instance: dg.DagsterInstance,
