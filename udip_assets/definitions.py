@@ -2,7 +2,8 @@
 
 import dagster as dg
 
-from udip_assets.defs.checks import ingest_checks
+from udip_assets.defs.automation import automation_sensor, with_automation
+from udip_assets.defs.checks import ingest_checks, result_checks
 from udip_assets.defs.dbt import dbt_annotations, dbt_resource
 from udip_assets.defs.gwas import gwas_assets
 from udip_assets.defs.ingest import ingest_assets
@@ -15,9 +16,9 @@ from udip_assets.defs.selection import selection_assets
 from udip_assets.defs.sensors import ingest_job, new_cohort_sensor
 from udip_assets.defs.tracking import MlflowTracking
 
-all_assets = [*ingest_assets, *model_assets, *selection_assets, *gwas_assets, *loci_assets, dbt_annotations,
-              *interpret_assets]
-all_checks = [*ingest_checks]
+all_assets = with_automation([*ingest_assets, *model_assets, *selection_assets, *gwas_assets, *loci_assets,
+                              dbt_annotations, *interpret_assets])
+all_checks = [*ingest_checks, *result_checks]
 home = UdipHome()
 resources = {"home": home, LINEAGE_IO: LineageIOManager(home=home), "mlflow": MlflowTracking(), "dbt": dbt_resource}
 
@@ -25,8 +26,9 @@ defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
     jobs=[ingest_job],
-    sensors=[new_cohort_sensor],
+    sensors=[new_cohort_sensor, automation_sensor],
     resources=resources,
-    # Two cores: more than two concurrent steps only thrash (torch and BLAS use both cores).
-    executor=dg.multiprocess_executor.configured({"max_concurrent": 2}),
+    # One step at a time, in the run's process: torch and BLAS steps each use every core, so parallel
+    # steps on one machine only thrash, and a process per step would re-import torch for each.
+    executor=dg.in_process_executor,
 )

@@ -4,10 +4,13 @@
 import dagster as dg
 
 from udip_assets.cohort.covariates import read_ukbb_table
+from udip_assets.cohort.fingerprint import cohort_fingerprint
 from udip_assets.cohort.ingest import preprocess_subjects, validate_cohort_scans
 from udip_assets.cohort.spec import load_cohort
 from udip_assets.cohort.splits import SplitConfig
 from udip_assets.cohort.subjects import build_subjects
+from udip_assets.defs.cohort_defaults import with_cohort_defaults
+from udip_assets.defs.metadata import table_metadata
 from udip_assets.defs.partitions import cohort_partitions
 from udip_assets.defs.resources import UdipHome
 from udip_assets.genetics.plink import read_fam
@@ -23,17 +26,21 @@ def scan_manifest(context: dg.AssetExecutionContext, home: UdipHome) -> dg.Mater
     A bad scan becomes a row with its status and reason; it never fails the run.
     """
     spec = load_cohort(home.cohort_dir(context.partition_key))
+    fingerprint = cohort_fingerprint(spec)  # before reading: a file changed meanwhile makes it stale
     rows = validate_cohort_scans(spec)
     home.write(SCANS, rows, cohort=spec.name)
     by_status = rows["status"].value_counts().to_dict()
     for bad in rows[rows["status"] != "ok"].itertuples():
         context.log.warning(f"scan {bad.path}: {bad.status}: {bad.error}")
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(fingerprint),
         metadata={
             "n_scans": len(rows),
             "n_ok": int(by_status.get("ok", 0)),
             "by_status": dg.MetadataValue.json({k: int(v) for k, v in by_status.items()}),
             "grid": spec.grid.name,
+            "cohort_fingerprint": fingerprint,
+            **table_metadata(home, SCANS, cohort=spec.name),
         }
     )
 
@@ -56,6 +63,7 @@ class SubjectsConfig(dg.Config):
 @dg.asset(partitions_def=cohort_partitions, group_name="ingest", deps=[scan_manifest], kinds={"duckdb"})
 def subjects(context: dg.AssetExecutionContext, config: SubjectsConfig, home: UdipHome) -> dg.MaterializeResult:
     """One row per subject: covariates of the last usable visit, unrelated set, train/val/inference split."""
+    config = with_cohort_defaults(config, home, context.partition_key, "subjects")
     split = config.to_domain()
     spec = load_cohort(home.cohort_dir(context.partition_key))
     scans = home.query("SELECT subject_id, visit, path, status, error FROM scans WHERE cohort = ?", [spec.name])
@@ -77,6 +85,7 @@ def subjects(context: dg.AssetExecutionContext, config: SubjectsConfig, home: Ud
             "by_split": dg.MetadataValue.json({k: int(v) for k, v in kept["split"].value_counts().items()}),
             "drop_reasons": dg.MetadataValue.json({k: int(v) for k, v in reasons.value_counts().items()}),
             "config": dg.MetadataValue.json(config.model_dump()),
+            **table_metadata(home, SUBJECTS, cohort=spec.name),
         }
     )
 
@@ -118,6 +127,7 @@ def preprocessed_scans(
             "shape": ok["shape"].iloc[0] if len(ok) else None,
             "seconds_per_scan": float(ok["seconds"].mean()) if len(ok) else None,
             "config": dg.MetadataValue.json(config.model_dump()),
+            **table_metadata(home, PREPROCESSED_SCANS, cohort=spec.name),
         }
     )
 

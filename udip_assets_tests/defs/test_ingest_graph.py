@@ -51,7 +51,8 @@ def test_good_scans_go_through(ingested):
 def test_checks_pass(ingested):
     *_, result = ingested
     results = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert results == {"most_scans_usable": True, "kept_subjects_unrelated": True, "caches_are_zscored": True}
+    assert results == {"most_scans_usable": True, "kept_subjects_unrelated": True, "no_subject_in_two_splits": True,
+                       "caches_are_zscored": True}
 
 
 def test_rematerializing_does_not_duplicate_rows(ingested):
