@@ -46,7 +46,8 @@ def synth(name: str, n_subjects: int, resolution: str, seed: int, with_faults: b
               help="Train on this many subjects (the rest of the cohort, less --val-count, is the GWAS set); "
                    "default: the paper's split fractions.")
 @click.option("--val-count", type=click.IntRange(min=0), default=None, help="Validation subjects (with --train-count).")
-@click.option("--preset", default=None, help="Model preset: paper, demo or tiny (default: the asset's, demo).")
+@click.option("--preset", default=None,
+              help="Model preset: paper, demo or tiny (default: auto, by the cohort's grid: 1 mm paper, 2 mm demo).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (overrides the preset's).")
 @click.option("--overrides", default=None,
               help='More ModelConfig / TrainConfig fields as a JSON object, e.g. \'{"enc_depth": 8}\'.')
@@ -63,8 +64,9 @@ def materialize(cohort: str, selection: str | None, train_count: int | None, val
         )
     if val_count is not None and train_count is None:
         raise click.ClickException("--val-count needs --train-count")
+    _refuse_invalid_cohort(paths.cohorts_dir() / cohort)
     run_config = knob_run_config(train_count, val_count, preset, epochs, overrides, sweep_every)
-    result = materialize_cohort(cohort, selection=selection, run_config=run_config)
+    result = materialize_cohort(cohort, selection=selection, run_config=run_config, on_event=_print_progress)
     for stage, key, run in result.runs:
         click.echo(f"{stage} [{key}]: {'ok' if run.success else 'FAILED'} (run {run.run_id})")
     for failure in result.failures():
@@ -72,6 +74,52 @@ def materialize(cohort: str, selection: str | None, train_count: int | None, val
     if not result.success:
         sys.exit(1)
     click.echo(f"materialized cohort {cohort}: {len(result.runs)} run(s)")
+
+
+def _print_progress(stage: str, entry) -> None:
+    """One line per step start, end or failure, failed check, and the steps' own log lines."""
+    import logging
+
+    event = entry.dagster_event
+    when = f"{entry.timestamp:%H:%M:%S}" if hasattr(entry.timestamp, "strftime") else _clock(entry.timestamp)
+    if event is None:
+        if entry.level >= logging.INFO and entry.user_message:
+            click.echo(f"{when} {stage} {entry.step_key or ''}: {entry.user_message}")
+        return
+    kind = event.event_type_value
+    if kind in ("STEP_START", "STEP_SUCCESS"):
+        click.echo(f"{when} {stage} {event.step_key}: {'started' if kind == 'STEP_START' else 'done'}")
+    elif kind == "STEP_FAILURE":
+        click.echo(f"{when} {stage} {event.step_key}: FAILED: {event.event_specific_data.error.message.strip()}",
+                   err=True)
+    elif kind == "ASSET_CHECK_EVALUATION" and not event.event_specific_data.passed:
+        check = event.event_specific_data
+        click.echo(f"{when} {stage} check {check.check_name} on {check.asset_key.to_user_string()} failed "
+                   f"({check.severity.value})", err=True)
+
+
+def _clock(timestamp: float) -> str:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(timestamp).strftime("%H:%M:%S")
+
+
+def _refuse_invalid_cohort(folder: Path) -> None:
+    """Exit with every problem of the folder's cohort.yaml listed, before any run starts."""
+    from udip_assets.cohort.spec import check_cohort, format_problems
+
+    _, problems = check_cohort(folder)
+    if problems:
+        raise click.ClickException(format_problems(problems) + "\nnothing was run")
+
+
+@main.command()
+@click.argument("cohort")
+def check(cohort: str) -> None:
+    """List every problem of a cohort's cohort.yaml (a name under $UDIP_HOME/cohorts, or a folder)."""
+    folder = Path(cohort) if Path(cohort).is_dir() else paths.cohorts_dir() / cohort
+    _refuse_invalid_cohort(folder)
+    click.echo(f"{folder / 'cohort.yaml'}: ok")
 
 
 def knob_run_config(train_count: int | None, val_count: int | None, preset: str | None, epochs: int | None,
@@ -129,6 +177,48 @@ def sql(query: str, as_csv: bool, db: Path | None) -> None:
 
         with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 200):
             click.echo(frame.to_string(index=False) if len(frame) else "(no rows)")
+
+
+@main.command()
+@click.option("--cohort", default=None, help="One cohort (default: every cohort, each with its selected model).")
+@click.option("--model-id", default=None, help="Loci of this model (default: the model the loci sweep selected).")
+@click.option("--method", type=click.Choice(["minp", "multivariate"]), default=None,
+              help="Loci of one discovery method (default: both).")
+@click.option("--novel", is_flag=True,
+              help="Only loci that no reference locus or GWAS Catalog hit within 250 kb explains.")
+@click.option("--csv", "as_csv", is_flag=True, help="Machine-readable CSV on stdout.")
+def loci(cohort: str | None, model_id: str | None, method: str | None, novel: bool, as_csv: bool) -> None:
+    """The genomic risk loci and their lead SNPs, with genes and GWAS Catalog traits (dbt's loci_annotated)."""
+    table = "novel_loci" if novel else "loci_annotated"
+    cohorts = [cohort] if cohort else _read("SELECT DISTINCT cohort FROM genomic_risk_loci ORDER BY 1", [])["cohort"]
+    frames = []
+    for name in cohorts:
+        chosen = model_id or _selected_model_id(name)
+        where, params = "cohort = ? AND model_id = ?", [name, chosen]
+        if method:
+            where, params = where + " AND method = ?", [*params, method]
+        try:
+            frames.append(_read(
+                f"SELECT cohort, model_id, method, locus, chrom, start_bp, end_bp, top_snp, p, dim, n_lead_snps, "
+                f"lead_snps, nearest_gene, overlapping_genes, catalog_traits FROM {table} WHERE {where} "
+                "ORDER BY method, p", params))
+        except Exception as exc:  # the dbt models are built by dbt_annotations
+            raise click.ClickException(f"{table} cannot be read ({exc}); materialize the annotations "
+                                       f"(udip materialize --cohort {name})") from exc
+    import pandas as pd
+
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if as_csv:
+        frame.to_csv(sys.stdout, index=False)
+        return
+    if frame.empty:
+        click.echo("(no loci)")
+        return
+    frame["p"] = frame["p"].map(lambda v: f"{v:.2e}")
+    with pd.option_context("display.max_rows", 500, "display.max_columns", 50, "display.width", 250,
+                           "display.max_colwidth", 40):
+        click.echo(frame.to_string(index=False))
+    click.echo(f"{len(frame)} loci" + (" (novel)" if novel else ""))
 
 
 @main.command()

@@ -251,6 +251,102 @@ def test_interpretation_maps_tables_and_figures(pipeline, udip_home):
     assert f"dim {first}: symmetry" in out.output and top in out.output
 
 
+def test_metadata_shows_row_counts_schemas_figures_and_a_loci_preview(pipeline):
+    import dagster as dg
+
+    db, instance, _ = pipeline
+    model_id = _one(db, "SELECT model_id FROM model_selection WHERE cohort = 'e2e' AND selected")
+
+    def meta(asset):
+        return instance.get_latest_materialization_event(dg.AssetKey(asset)).asset_materialization.metadata
+
+    loci = meta("genomic_risk_loci")
+    n_loci = _one(db, f"SELECT count(*) FROM genomic_risk_loci WHERE cohort = 'e2e' AND model_id = '{model_id}'")
+    assert loci["dagster/row_count"].value == n_loci > 0
+    columns = {c.name for c in loci["dagster/column_schema"].schema.columns}
+    assert {"cohort", "model_id", "GenomicLocus", "method"} <= columns
+    assert "rs" in loci["preview"].value and "| method" in loci["preview"].value
+    n_scans = _one(db, "SELECT count(*) FROM scans WHERE cohort = 'e2e'")
+    assert meta("scan_manifest")["dagster/row_count"].value == n_scans
+    for asset, key in (("minp_sumstats", "manhattan"), ("minp_sumstats", "qq"), ("perdi_maps", "preview"),
+                       ("reconstruction_qc", "udip_violins"), ("vit_ae_model", "reconstruction")):
+        assert meta(asset)[key].value.startswith("![") and "data:image/png;base64," in meta(asset)[key].value
+    assert meta("vit_ae_model")["mlflow_run"].value.startswith("http://127.0.0.1:5000/#/experiments/")
+
+
+def test_udip_loci_prints_the_annotated_loci(pipeline):
+    from click.testing import CliRunner
+
+    from udip_assets.cli import main
+
+    db, _, _ = pipeline
+    model_id = _one(db, "SELECT model_id FROM model_selection WHERE cohort = 'e2e' AND selected")
+    annotated = read_frame(db, f"SELECT method, top_snp, nearest_gene FROM loci_annotated WHERE cohort = 'e2e' "
+                               f"AND model_id = '{model_id}'")
+    method = annotated["method"].value_counts().idxmax()  # the method with loci (the test above needs one)
+    other = ({"minp", "multivariate"} - {method}).pop()
+    expected = annotated[annotated["method"] == method]
+    out = CliRunner().invoke(main, ["loci", "--cohort", "e2e", "--method", method])
+    assert out.exit_code == 0, out.output
+    assert f"{len(expected)} loci" in out.output and other not in out.output
+    for row in expected.itertuples():
+        assert row.top_snp in out.output and row.nearest_gene in out.output
+
+
+def test_a_chromosome_the_cohort_lacks_is_recorded_not_genotyped_and_left_out(pipeline):
+    """Another cohort's chromosome is a partition of this one too (the partitions are a product)."""
+    import dagster as dg
+
+    from udip_assets.defs.run import _materialize
+
+    db, instance, _ = pipeline
+    assert set(instance.get_dynamic_partitions("chrom")) == {"6", "11"}  # what the .bim holds, not 1-22 + X
+    instance.add_dynamic_partitions("chrom", ["2"])
+    try:
+        before = _one(db, "SELECT count(*) FROM minp WHERE cohort = 'e2e'")
+        keys, key, config = _stage("key:gwas_sumstats", dg.MultiPartitionKey({"cohort": "e2e", "chrom": "2"}))
+        result = _materialize(keys, key, instance, config)
+        assert result.success, result.all_events
+        meta = instance.get_latest_materialization_event(dg.AssetKey("gwas_sumstats")).asset_materialization.metadata
+        assert meta["genotyped"].value is False and meta["n_variants"].value == 0
+        keys, key, config = _stage("key:minp_sumstats", "e2e")
+        assert _materialize(keys, key, instance, config).success
+        assert _one(db, "SELECT count(*) FROM minp WHERE cohort = 'e2e'") == before
+    finally:
+        instance.delete_dynamic_partition("chrom", "2")
+
+
+def test_the_selected_checkpoint_is_registered_and_its_alias_encodes_as_the_checkpoint(pipeline, udip_home):
+    import dagster as dg
+    from mlflow import MlflowClient
+
+    from udip_assets.defs.run import _materialize
+    from udip_assets.model.extract import extract_udips
+    from udip_assets.model.registry import REGISTERED_MODEL, load_encoder, model_uri
+
+    db, instance, _ = pipeline
+    uri = f"sqlite:///{udip_home / 'mlflow.db'}"
+    chosen = read_frame(db, "SELECT s.model_id, c.path, c.mlflow_run_id FROM model_selection s JOIN checkpoints c "
+                            "USING (model_id) WHERE s.cohort = 'e2e' AND s.selected").iloc[0]
+    version = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(REGISTERED_MODEL,
+                                                                                          "selected-e2e")
+    assert version.tags["model_id"] == chosen["model_id"] and version.run_id == chosen["mlflow_run_id"]
+    assert version.tags["dagster_run_id"]
+    scans = read_frame(db, "SELECT subject_id, cache_path FROM preprocessed_scans WHERE cohort = 'e2e' "
+                           "AND split = 'inference' AND status = 'ok' ORDER BY subject_id LIMIT 3")
+    got = load_encoder(uri, model_uri("e2e")).predict(scans)
+    want = extract_udips(chosen["path"], scans["cache_path"].tolist(), scans["subject_id"].tolist(),
+                         show_progress=False)
+    assert list(got.columns) == list(want.columns)
+    np.testing.assert_array_equal(got.drop(columns="subject_id").to_numpy(), want.drop(columns="subject_id").to_numpy())
+    # udip_embeddings loads the model by its alias too
+    keys, key, config = _stage("key:udip_embeddings", "e2e", {"ops": {"udip_embeddings": {"config": {
+        "model_uri": model_uri("e2e"), "device": "cpu"}}}})
+    assert _materialize(keys, key, instance, config).success
+    meta = instance.get_latest_materialization_event(dg.AssetKey("udip_embeddings")).asset_materialization.metadata
+    assert meta["model_id"].value == chosen["model_id"] and "registered model" in meta["chosen_by"].value
+
+
 def test_a_32_dim_model_is_thresholded_alike_by_udip_gwas(pipeline, udip_home, tmp_path):
     """The standalone engine on the same UDIPs: its genome-wide line is the pipeline's, 5e-8 / 32."""
     from click.testing import CliRunner

@@ -8,8 +8,6 @@ cohort's UDIPs. Each takes its model from its inputs (:mod:`udip_assets.defs.lin
 domain code is in :mod:`udip_assets.interpret`.
 """
 
-import base64
-from pathlib import Path
 
 import dagster as dg
 import nibabel as nib
@@ -17,7 +15,9 @@ import numpy as np
 import pandas as pd
 
 from udip_assets.cohort.spec import load_cohort
+from udip_assets.defs.cohort_defaults import with_cohort_defaults
 from udip_assets.defs.lineage import LINEAGE_IO, ModelRef
+from udip_assets.defs.metadata import figure, table_metadata
 from udip_assets.defs.model import checkpoint_row, resolve_device, split_scans
 from udip_assets.defs.partitions import cohort_partitions
 from udip_assets.defs.resources import UdipHome
@@ -28,12 +28,6 @@ from udip_assets.store.schema import (
     QK_SPECTRUM,
     model_udip_columns,
 )
-
-
-def preview(png: Path) -> dg.MetadataValue:
-    """An inline image for the Dagster UI (markdown with the PNG as a data URI)."""
-    data = base64.b64encode(Path(png).read_bytes()).decode()
-    return dg.MetadataValue.md(f"![{Path(png).stem}](data:image/png;base64,{data})")
 
 
 class PerdiConfig(dg.Config):
@@ -83,6 +77,7 @@ def perdi_maps(context: dg.AssetExecutionContext, config: PerdiConfig, home: Udi
     from udip_assets.interpret.perdi import choose_dims, finish_map, perdi_t_maps, t_map_figure, udip_sd, write_t_nifti
 
     cohort, model_id = context.partition_key, model.model_id
+    config = with_cohort_defaults(config, home, cohort, "perdi_maps")
     grid = load_cohort(home.cohort_dir(cohort)).grid
     minp = home.query("SELECT dim, p, significant FROM minp WHERE cohort = ? AND model_id = ?", [cohort, model_id])
     dims, reason = choose_dims(minp, novel_dims=locus_dims(home, cohort, model_id), explicit=config.dims,
@@ -110,7 +105,8 @@ def perdi_maps(context: dg.AssetExecutionContext, config: PerdiConfig, home: Udi
     return dg.Output(model, metadata={
         "dims": dg.MetadataValue.json(list(dims)), "chosen_because": reason, "n_subjects": result.n_subjects,
         "seconds": round(result.seconds, 1), "folder": dg.MetadataValue.path(str(out)),
-        "preview": preview(Path(rows[0]["png_path"]))})
+        "preview": figure(rows[0]["png_path"], f"PerDI dim {dims[0]}"),
+        **table_metadata(home, PERDI_DIMS, cohort=cohort, model_id=model_id)})
 
 
 @dg.asset(partitions_def=cohort_partitions, group_name="interpret", ins={"maps": dg.AssetIn("perdi_maps")},
@@ -134,7 +130,8 @@ def perdi_regions(context: dg.AssetExecutionContext, config: AtlasConfig, home: 
     if atlas.lost:
         context.log.warning(f"atlas {atlas.name}: labels {list(atlas.lost)} have no voxel on grid {atlas.grid.name}")
     return dg.MaterializeResult(metadata={"model_id": model_id, "atlas": atlas.name, "n_rows": len(table),
-                                          "top_regions": dg.MetadataValue.json(top)})
+                                          "top_regions": dg.MetadataValue.json(top),
+                                          **table_metadata(home, PERDI_REGIONS, cohort=cohort, model_id=model_id)})
 
 
 def _atlas(home: UdipHome, cohort: str, config: AtlasConfig):
@@ -176,6 +173,7 @@ def attention_maps(context: dg.AssetExecutionContext, config: AttentionConfig, h
     from udip_assets.model.checkpoint import load_checkpoint
 
     cohort, model_id = context.partition_key, embedded.model_id
+    config = with_cohort_defaults(config, home, cohort, "attention_maps")
     grid = load_cohort(home.cohort_dir(cohort)).grid
     net = load_checkpoint(checkpoint_row(home, model_id)["path"], device=resolve_device(config.device)).model
     paths = split_scans(home, cohort, ("inference",))["cache_path"].tolist()[:config.n_subjects]
@@ -192,8 +190,9 @@ def attention_maps(context: dg.AssetExecutionContext, config: AttentionConfig, h
     return dg.MaterializeResult(metadata={
         "model_id": model_id, "n_subjects": len(paths), "n_spotlight_rows": len(spot),
         "spotlight_patches": dg.MetadataValue.json(sorted({int(p) for p in spot["patch_index"]})),
-        "spotlight_nifti": dg.MetadataValue.path(str(nii)), "correlation": dg.MetadataValue.path(str(corr_png)),
-        "preview": preview(png)})
+        "spotlight_nifti": dg.MetadataValue.path(str(nii)),
+        "correlation": figure(corr_png, "patch embedding correlation"),
+        "preview": figure(png, "spotlight tokens"), **table_metadata(home, ATTENTION_SPOTLIGHT, **part)})
 
 
 class SaliencyConfig(dg.Config):
@@ -218,6 +217,7 @@ def saliency_maps(context: dg.AssetExecutionContext, config: SaliencyConfig, hom
     from udip_assets.model.extract import reconstruction_figure
 
     cohort, model_id = context.partition_key, maps.model_id
+    config = with_cohort_defaults(config, home, cohort, "saliency_maps")
     grid = load_cohort(home.cohort_dir(cohort)).grid
     dims = home.query("SELECT dim FROM perdi_dims WHERE cohort = ? AND model_id = ?", [cohort, model_id])["dim"]
     dim = config.dim if config.dim is not None else int(dims.iloc[0])
@@ -235,8 +235,8 @@ def saliency_maps(context: dg.AssetExecutionContext, config: SaliencyConfig, hom
                                   out / "reconstruction_difference.png", difference=True)
     return dg.MaterializeResult(metadata={
         "model_id": model_id, "dim": dim, "n_scans": len(files), "seed": config.seed,
-        "smoothgrad": dg.MetadataValue.path(str(files[0][0])), "reconstruction": dg.MetadataValue.path(str(recon)),
-        "preview": preview(files[0][1])})
+        "smoothgrad": dg.MetadataValue.path(str(files[0][0])), "reconstruction": figure(recon, "reconstructions"),
+        "preview": figure(files[0][1], f"SmoothGrad of dim {dim}")})
 
 
 interpret_assets = [perdi_maps, perdi_regions, attention_maps, saliency_maps]

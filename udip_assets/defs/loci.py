@@ -16,6 +16,7 @@ import pandas as pd
 from udip_assets.cohort.spec import load_cohort
 from udip_assets.defs.gwas import model_gwas_dir
 from udip_assets.defs.lineage import ModelRef, same_model
+from udip_assets.defs.metadata import preview, table_metadata
 from udip_assets.defs.partitions import cohort_partitions
 from udip_assets.defs.resources import UdipHome
 from udip_assets.genetics.annotations import read_gene_table, read_gwas_catalog, read_reference_loci
@@ -124,10 +125,15 @@ def genomic_risk_loci(context: dg.AssetExecutionContext, config: LociConfig, hom
         **common, **counts, "n_dims": n_dims, "n_loci": len(results["minp"].loci), "n_snps_in_minp": len(minp),
         "seconds": round(seconds, 2), "fuma_file": dg.MetadataValue.path(str(fuma)),
         "n_sig_not_in_ld_panel": len(results["minp"].not_in_panel), "ld": f"{config.ld_method} r2 from {prefix}",
-        "config": dg.MetadataValue.json(config.model_dump())})
+        "config": dg.MetadataValue.json(config.model_dump()),
+        "preview": preview(home.query(
+            "SELECT method, \"GenomicLocus\" AS locus, chr, start, \"end\", p, \"LeadSNPs\" AS lead_snps, dim "
+            "FROM genomic_risk_loci WHERE cohort = ? AND model_id = ? ORDER BY method, p", [cohort, model_id]), 20),
+        **table_metadata(home, GENOMIC_RISK_LOCI, **part)})
     for key, (_, attr) in list(tables.items())[1:]:
         yield dg.MaterializeResult(asset_key=key, metadata={
-            **common, **{f"n_{attr}_{m}": len(getattr(r, attr)) for m, r in results.items()}})
+            **common, **{f"n_{attr}_{m}": len(getattr(r, attr)) for m, r in results.items()},
+            **table_metadata(home, tables[key][0], **part)})
 
 
 def _method_rows(rows: pd.DataFrame, method: str) -> pd.DataFrame:

@@ -18,7 +18,11 @@ from datetime import UTC, datetime
 import dagster as dg
 import pandas as pd
 
+from udip_assets.cohort.spec import load_cohort
+from udip_assets.defs.cohort_defaults import with_cohort_defaults
 from udip_assets.defs.lineage import LINEAGE_IO, OPTIONAL, ModelRef
+from udip_assets.defs.metadata import figure as inline_figure
+from udip_assets.defs.metadata import table_metadata
 from udip_assets.defs.partitions import cohort_partitions
 from udip_assets.defs.resources import UdipHome
 from udip_assets.defs.tracking import MlflowTracking
@@ -44,7 +48,7 @@ class ModelAssetConfig(dg.Config):
     field of either dataclass; a field set both ways is an error.
     """
 
-    preset: str = "demo"
+    preset: str = "auto"
     device: str = "auto"
     epochs: int | None = None
     checkpoint_every: int | None = None
@@ -77,8 +81,36 @@ class ModelAssetConfig(dg.Config):
             raise dg.Failure(f"{both} set both as config fields and in overrides_json; set each once")
         return {**typed, **extra}
 
-    def resolved(self):
-        return preset(self.preset, **self.overrides())
+    def preset_for(self, resolution_mm: int) -> str:
+        """The preset by name, or for ``auto`` the one of the cohort's grid (:data:`PRESET_BY_RESOLUTION`)."""
+        return PRESET_BY_RESOLUTION[resolution_mm] if self.preset == "auto" else self.preset
+
+    def resolved(self, resolution_mm: int):
+        return preset(self.preset_for(resolution_mm), **self.overrides())
+
+
+# ``preset: auto``: the paper's model on UK Biobank's 1 mm grid, the demo model on the 2 mm grid.
+PRESET_BY_RESOLUTION = {1: "paper", 2: "demo"}
+
+
+def check_model_fits(cohort: str, model_cfg, preset_name: str, cached_shapes: set[str]) -> None:
+    """Refuse, before any work, a model whose input shape is not the cohort's preprocessed volume.
+
+    Raises
+    ------
+    dagster.Failure
+        Naming both shapes and the fix (the grid's preset, or matching volume_shape / patch).
+    """
+    want = "x".join(map(str, model_cfg.volume_shape))
+    if not cached_shapes:
+        raise dg.Failure(f"cohort {cohort} has no preprocessed scan; materialize preprocessed_scans first")
+    if cached_shapes != {want}:
+        found = ", ".join(sorted(cached_shapes))
+        by_grid = ", ".join(f"{mm} mm -> {name}" for mm, name in PRESET_BY_RESOLUTION.items())
+        raise dg.Failure(f"cohort {cohort}: the model (preset {preset_name!r}) takes {want} volumes, but the "
+                         f"cohort's preprocessed scans are {found}. Use the preset of the cohort's grid ({by_grid}; "
+                         "preset 'auto' picks it), or set volume_shape to the scans' shape with a patch that "
+                         "divides it (preprocessed_scans pads to its own patch)")
 
 
 TYPED_OVERRIDES = ("epochs", "checkpoint_every", "batch_size", "lr", "lr_step_epochs", "enc_dim", "enc_depth",
@@ -135,19 +167,27 @@ def vit_ae_model(context: dg.AssetExecutionContext, config: ModelAssetConfig, ho
                  mlflow: MlflowTracking) -> dg.Output[ModelRef]:
     """Train the ViT autoencoder on the cohort's train split, validating on its val split."""
     cohort = context.partition_key
-    model_cfg, train_cfg = config.resolved()
+    config = with_cohort_defaults(config, home, cohort, "vit_ae_model")
+    resolution = load_cohort(home.cohort_dir(cohort)).resolution_mm
+    preset_name = config.preset_for(resolution)
+    model_cfg, train_cfg = config.resolved(resolution)
+    cached = home.query("SELECT DISTINCT shape FROM preprocessed_scans WHERE cohort = ? AND status = 'ok'", [cohort])
+    check_model_fits(cohort, model_cfg, preset_name, set(cached["shape"]))
     device = resolve_device(config.device)
     run_id = training_run_id(cohort, model_cfg, train_cfg)
     scans = split_scans(home, cohort, ("train", "val"))
     train, val = scans[scans["split"] == "train"], scans[scans["split"] == "val"]
     if train.empty or val.empty:
-        raise dg.Failure(f"cohort {cohort} has {len(train)} train and {len(val)} val scans; both are needed")
+        raise dg.Failure(f"cohort {cohort} has {len(train)} train and {len(val)} val scans; both are needed. "
+                         "The paper's split fractions need about 150 kept subjects for a validation scan; with "
+                         "fewer, set subjects' train_count and val_count (udip materialize --train-count N "
+                         "--val-count M)")
     out_dir = home.artifacts("models", cohort, run_id)
     context.log.info(f"training {run_id} on {device}: {len(train)} train / {len(val)} val scans -> {out_dir}")
     params = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "device": device,
               "n_train": len(train), "n_val": len(val)}
-    with mlflow.start_run(run_id, params=params, tags={"cohort": cohort, "preset": config.preset,
-                                                        "training_run": run_id}) as tracked:
+    tags = {"cohort": cohort, "preset": preset_name, "training_run": run_id, "dagster_run_id": context.run.run_id}
+    with mlflow.start_run(run_id, params=params, tags=tags, resume_tag="training_run") as tracked:
         rec = _Recorder(tracked, context.log)
         result = train_model(model_cfg, train_cfg, train["cache_path"].tolist(), val["cache_path"].tolist(),
                              out_dir, device=device, callbacks=[rec])
@@ -166,7 +206,9 @@ def vit_ae_model(context: dg.AssetExecutionContext, config: ModelAssetConfig, ho
         "epochs": result.epochs_run, "best_epoch": result.best_epoch,
         "final_train_loss": result.final_train_loss, "final_val_loss": result.final_val_loss,
         "best_val_loss": result.best_val_loss, "checkpoint": dg.MetadataValue.path(str(result.best_path)),
-        "reconstruction": dg.MetadataValue.path(str(figure)), "n_train": len(train), "n_val": len(val)})
+        "reconstruction": inline_figure(figure, "validation reconstructions"), "n_train": len(train),
+        "n_val": len(val), "mlflow_run": dg.MetadataValue.url(mlflow.run_url(mlflow_run)),
+        **table_metadata(home, CHECKPOINTS, cohort=cohort, run_id=run_id)})
 
 
 def _write_training_tables(home, cohort, run_id, result, mlflow_run, model_cfg, train_cfg) -> None:
@@ -211,14 +253,30 @@ def stored_udips(home: UdipHome, table: str, cohort: str, model_id: str, subject
 
 
 class EmbeddingConfig(dg.Config):
-    """Which checkpoint encodes the cohort: the loci sweep's choice (default), a model_id, or another
-    cohort's selected model (``model_cohort``: encode this cohort with a model trained elsewhere)."""
+    """Which checkpoint encodes the cohort: the loci sweep's choice (default), a model_id, another
+    cohort's selected model (``model_cohort``: encode this cohort with a model trained elsewhere), or
+    a registered MLflow model (``model_uri``, e.g. ``models:/udip-vit-ae@selected-demo``), loaded
+    from the registry's artifact store."""
 
     model_id: str | None = None
     model_cohort: str | None = None
+    model_uri: str | None = None
     splits: list[str] = ["inference"]
     batch_size: int = 4
     device: str = "auto"
+
+
+def _registered_checkpoint(mlflow: MlflowTracking, uri: str) -> dict:
+    """``model_id``, ``run_id`` and the checkpoint ``path`` of a registered model version."""
+    from udip_assets.model.registry import checkpoint_of, registered_tags
+
+    try:
+        tags = registered_tags(mlflow.resolved_uri(), uri)
+        path = checkpoint_of(mlflow.resolved_uri(), uri)
+    except Exception as exc:  # MLflow raises its own types for a missing model, alias or version
+        raise dg.Failure(f"model_uri {uri!r} cannot be loaded from {mlflow.resolved_uri()} ({exc}); see the "
+                         "registered models in `make mlflow-ui`, or materialize checkpoint_loci_sweep") from exc
+    return {"model_id": tags["model_id"], "run_id": tags.get("training_run", ""), "path": str(path)}
 
 
 def checkpoint_row(home: UdipHome, model_id: str) -> pd.Series:
@@ -260,11 +318,17 @@ def choose_model(context, home: UdipHome, config: EmbeddingConfig, trained: Mode
                "selected": dg.AssetIn("checkpoint_loci_sweep", metadata=OPTIONAL)},
           kinds={"pytorch", "duckdb"}, io_manager_key=LINEAGE_IO)
 def udip_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, home: UdipHome,
-                    trained: ModelRef | None, selected: ModelRef | None) -> dg.Output[ModelRef]:
+                    mlflow: MlflowTracking, trained: ModelRef | None,
+                    selected: ModelRef | None) -> dg.Output[ModelRef]:
     """Encode every GWAS-split scan with the selected model: its UDIPs and reconstruction loss per subject."""
     cohort = context.partition_key
-    model_id, why = choose_model(context, home, config, trained, selected)
-    ck = checkpoint_row(home, model_id)
+    config = with_cohort_defaults(config, home, cohort, "udip_embeddings")
+    if config.model_uri:
+        ck = _registered_checkpoint(mlflow, config.model_uri)
+        model_id, why = ck["model_id"], f"registered model {config.model_uri}"
+    else:
+        model_id, why = choose_model(context, home, config, trained, selected)
+        ck = checkpoint_row(home, model_id)
     scans = split_scans(home, cohort, tuple(config.splits))
     if scans.empty:
         raise dg.Failure(f"cohort {cohort} has no preprocessed scans in splits {config.splits}")
@@ -282,7 +346,8 @@ def udip_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, 
     return dg.Output(ref, metadata={
         "chosen_by": why, "checkpoint": dg.MetadataValue.path(ck["path"]), "n_subjects": len(rows),
         "reused": reused, "n_dims": n_dims, "seconds_per_scan": seconds / max(len(rows), 1),
-        "mean_recon_loss": float(rows["recon_loss"].mean())})
+        "mean_recon_loss": float(rows["recon_loss"].mean()),
+        **table_metadata(home, udips_table(n_dims), cohort=cohort, model_id=model_id)})
 
 
 @dg.asset(partitions_def=cohort_partitions, group_name="model", ins={"embedded": dg.AssetIn("udip_embeddings")},
@@ -311,7 +376,8 @@ def reconstruction_qc(context: dg.AssetExecutionContext, home: UdipHome, embedde
         "participation_ratio": spectrum.participation_ratio, "n_pcs_90": spectrum.n_pcs_90,
         "n_pcs_99": spectrum.n_pcs_99, "pc1_fraction": spectrum.pc1_fraction,
         "outliers": dg.MetadataValue.json({str(k): float(v) for k, v in outliers.items()}),
-        "loss_figure": dg.MetadataValue.path(str(loss_png)), "udip_violins": dg.MetadataValue.path(str(violin_png))})
+        "loss_figure": inline_figure(loss_png, "reconstruction loss"),
+        "udip_violins": inline_figure(violin_png, "UDIP violins")})
 
 
 model_assets = [vit_ae_model, udip_embeddings, reconstruction_qc]

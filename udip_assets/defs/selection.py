@@ -20,6 +20,7 @@ import pandas as pd
 from udip_assets.cohort.gwas_inputs import gwas_sample
 from udip_assets.cohort.model_selection import SweepPoint, loci_of_sample, patience_stop, select_by_loci
 from udip_assets.cohort.spec import load_cohort
+from udip_assets.defs.cohort_defaults import with_cohort_defaults
 from udip_assets.defs.gwas import GwasAssetConfig
 from udip_assets.defs.lineage import LINEAGE_IO, ModelRef
 from udip_assets.defs.loci import LociConfig
@@ -27,6 +28,7 @@ from udip_assets.defs.model import encode_scans, resolve_device, split_scans, st
 from udip_assets.defs.partitions import cohort_partitions
 from udip_assets.defs.resources import UdipHome
 from udip_assets.defs.tracking import MlflowTracking
+from udip_assets.model.registry import model_uri, register_checkpoint
 from udip_assets.store.schema import MODEL_SELECTION, model_udip_columns, udips_table
 
 
@@ -48,6 +50,7 @@ class SweepConfig(dg.Config):
 def checkpoint_loci_sweep(context: dg.AssetExecutionContext, config: SweepConfig, home: UdipHome,
                           mlflow: MlflowTracking, trained: ModelRef) -> dg.Output[ModelRef]:
     """Loci count per checkpoint (every k epochs) on a selection cohort; the best is the cohort's model."""
+    config = with_cohort_defaults(config, home, context.partition_key, "checkpoint_loci_sweep")
     cohort, sel = context.partition_key, config.selection_cohort or context.partition_key
     todo = _checkpoints_to_sweep(home, trained, config.every_epochs)
     spec = load_cohort(home.cohort_dir(sel))
@@ -72,12 +75,23 @@ def checkpoint_loci_sweep(context: dg.AssetExecutionContext, config: SweepConfig
     home.write(MODEL_SELECTION, selection_rows(cohort, trained.run_id, points, best, sel, config.selection_split,
                                                n_subjects), cohort=cohort)
     stop = patience_stop(points, config.patience_epochs)
+    version = _register(home, mlflow, cohort, best.model_id, trained.run_id, context.run.run_id)
     return dg.Output(ModelRef(cohort=cohort, model_id=best.model_id, run_id=trained.run_id, n_dims=trained.n_dims),
                      metadata={
         "selected_epoch": best.epoch, "selected_n_loci": best.n_loci,
+        "registered_model": dg.MetadataValue.text(f"{model_uri(cohort)} (version {version})"),
         "selection_cohort": sel, "selection_split": config.selection_split,
         "loci_by_epoch": dg.MetadataValue.json({p.epoch: p.n_loci for p in points}),
         "patience_stop_epoch": stop if stop is not None else "never (within the evaluated epochs)"})
+
+
+def _register(home: UdipHome, mlflow: MlflowTracking, cohort: str, model_id: str, training_run: str,
+              dagster_run_id: str) -> int:
+    """The selected checkpoint as a version of the registered model, under the cohort's alias."""
+    ck = home.query("SELECT path, mlflow_run_id FROM checkpoints WHERE model_id = ?", [model_id]).iloc[0]
+    return register_checkpoint(mlflow.resolved_uri(), ck["path"], cohort=cohort, model_id=model_id,
+                               mlflow_run_id=ck["mlflow_run_id"] or None,
+                               tags={"training_run": training_run, "dagster_run_id": dagster_run_id})
 
 
 def _checkpoints_to_sweep(home: UdipHome, trained: ModelRef, every_epochs: int) -> pd.DataFrame:

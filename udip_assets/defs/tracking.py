@@ -85,22 +85,57 @@ class MlflowTracking(dg.ConfigurableResource):
         root.mkdir(parents=True, exist_ok=True)
         return client.create_experiment(self.experiment, artifact_location=root.resolve().as_uri())
 
+    ui_url: str = "http://127.0.0.1:5000"
+
+    def run_url(self, run_id: str) -> str:
+        """The run's page in the MLflow UI that ``make mlflow-ui`` serves at ``ui_url``."""
+        client = self._client()
+        return f"{self.ui_url.rstrip('/')}/#/experiments/{self._experiment_id(client)}/runs/{run_id}"
+
     def log_to_run(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
         """Add metrics to an existing (finished) run, e.g. the loci count of a training run's checkpoint."""
         TrackedRun(self._client(), run_id).log_metrics(metrics, step=step)
 
     @contextmanager
-    def start_run(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> Iterator[TrackedRun]:
-        """Open a run, log params and tags (plus the git commit), close it as FINISHED or FAILED."""
+    def start_run(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
+                  resume_tag: str | None = None) -> Iterator[TrackedRun]:
+        """Open a run, log params and tags (plus the git commit), close it as FINISHED or FAILED.
+
+        With ``resume_tag`` (e.g. ``training_run``), a run whose tag of that name equals
+        ``tags[resume_tag]`` is reopened instead of a new one started: one MLflow run per training,
+        however many times it is resumed. Params are immutable in MLflow: a resumed run keeps the
+        first value and records a changed one (e.g. more epochs) as the tag ``resumed.<param>``.
+        """
         client = self._client()
-        run = client.create_run(self._experiment_id(client), run_name=run_name,
-                                tags={"git_commit": git_commit(), **tags})
-        handle = TrackedRun(client, run.info.run_id)
+        experiment = self._experiment_id(client)
+        run_id = self._run_to_resume(client, experiment, resume_tag, tags) if resume_tag else None
+        if run_id is None:
+            run_id = client.create_run(experiment, run_name=run_name,
+                                       tags={"git_commit": git_commit(), **tags}).info.run_id
+            logged: dict[str, str] = {}
+        else:
+            client.update_run(run_id, status="RUNNING")
+            for key, value in {"git_commit": git_commit(), **tags}.items():
+                client.set_tag(run_id, key, value)
+            logged = client.get_run(run_id).data.params
+        handle = TrackedRun(client, run_id)
         for key, value in flatten(params).items():
-            client.log_param(run.info.run_id, key, value)
+            if key not in logged:
+                client.log_param(run_id, key, value)
+            elif logged[key] != value:
+                client.set_tag(run_id, f"resumed.{key}", value)
         try:
             yield handle
         except BaseException:
-            client.set_terminated(run.info.run_id, status="FAILED")
+            client.set_terminated(run_id, status="FAILED")
             raise
-        client.set_terminated(run.info.run_id, status="FINISHED")
+        client.set_terminated(run_id, status="FINISHED")
+
+    @staticmethod
+    def _run_to_resume(client, experiment: str, resume_tag: str, tags: Mapping[str, str]) -> str | None:
+        value = tags.get(resume_tag)
+        if value is None:
+            raise ValueError(f"resume_tag {resume_tag!r} must be one of the tags given, got {sorted(tags)}")
+        found = client.search_runs([experiment], filter_string=f"tags.{resume_tag} = '{value}'", max_results=1,
+                                   order_by=["attributes.start_time DESC"])
+        return found[0].info.run_id if found else None
