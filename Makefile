@@ -49,13 +49,16 @@ demo: install
 	$(BIN)/udip truth --cohort $(DEMO_NAME) --control
 	@$(BIN)/udip where
 
-# PLINK 2 and PLINK 1.9 from Debian are the independent references of the GWAS and clumping tests.
+# PLINK 2 and PLINK 1.9 from Debian are the independent references of the GWAS and clumping tests;
+# Debian's chromium is the browser of the UI test (driven by Playwright; never `playwright install`).
+TEST_TOOLS := plink2 plink1.9 chromium
 test-tools:
-	@if ! command -v plink2 >/dev/null || ! command -v plink1.9 >/dev/null; then \
+	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq plink2 plink1.9 >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "plink2 / plink1.9 not found and cannot apt-get install them here: run 'sudo apt-get install plink2 plink1.9'; the PLINK comparison tests will be skipped"; \
+	    echo "$$missing not found and cannot apt-get install them here: run 'sudo apt-get install$$missing'; the tests that need them will be skipped (and fail under CI=true)"; \
 	  fi; \
 	fi
 

@@ -31,6 +31,21 @@ def pytest_configure(config):
     prepare_manifest()
 
 
+_MISSING_TOOL = ("is not on PATH", "not installed")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI=true a test skipped for a missing reference tool (plink2, chromium, ...) fails."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("CI", "").lower() == "true" and report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])
+        if any(marker in reason for marker in _MISSING_TOOL):
+            report.outcome = "failed"
+            report.longrepr = f"CI=true and a reference tool is missing ({reason}); `make test-tools` installs it"
+
+
 @pytest.fixture(scope="session")
 def udip_home(tmp_path_factory):
     """A fresh UDIP_HOME for the whole session (restored afterwards)."""

@@ -190,6 +190,11 @@ def _check_keys(yml: Path, raw: dict, problems: _Problems) -> None:
     elif isinstance(scans, dict) and ("dir" in scans) == ("manifest" in scans):
         problems.add(yml, "scans", "exactly one of scans.dir (UK Biobank layout) or scans.manifest (CSV with "
                      "subject_id, visit, path)", f"keys {sorted(scans)}", "keep one of the two")
+    defaults = raw.get("defaults")
+    if defaults is not None and not (isinstance(defaults, dict)
+                                     and all(isinstance(v, dict) for v in defaults.values())):
+        problems.add(yml, "defaults", "a mapping of asset name -> config fields, e.g. defaults: {subjects: "
+                     "{train_count: 120}}", repr(defaults)[:80], "write one mapping of fields per asset")
     genotypes = raw.get("genotypes")
     if genotypes is not None and not (isinstance(genotypes, dict) and genotypes.get("plink")):
         problems.add(yml, "genotypes", "a PLINK 1 prefix as genotypes.plink", repr(genotypes),

@@ -231,7 +231,8 @@ def saliency_maps(context: dg.AssetExecutionContext, config: SaliencyConfig, hom
         files.append(write_saliency_maps(sal, grid, out / f"smoothgrad_dim_{dim:03d}_scan{i}.nii.gz",
                                          out / f"smoothgrad_dim_{dim:03d}_scan{i}.png",
                                          title=f"SmoothGrad of dim {dim}, scan {i + 1}", background=background))
-    recon = reconstruction_figure(net, scans["cache_path"].tolist()[:2], ["scan A", "scan B"],
+    shown = scans["cache_path"].tolist()[:2]  # the paper's figure shows two subjects; fewer if fewer were asked for
+    recon = reconstruction_figure(net, shown, ["scan A", "scan B"][:len(shown)],
                                   out / "reconstruction_difference.png", difference=True)
     return dg.MaterializeResult(metadata={
         "model_id": model_id, "dim": dim, "n_scans": len(files), "seed": config.seed,
