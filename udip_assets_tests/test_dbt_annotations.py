@@ -29,6 +29,14 @@ def _locus(n: int, chrom: str, start: int, end: int, top: str, dims: str, leads:
             "dims": dims}
 
 
+def _dbt_build(db: Path, target: Path, cohort: str | None = None) -> subprocess.CompletedProcess:
+    """``dbt build`` in a subprocess, as dagster-dbt runs it (dbt-duckdb keeps its connection open in-process)."""
+    extra = ["--vars", json.dumps({"cohort": cohort})] if cohort else []
+    return subprocess.run([str(Path(sys.executable).parent / "dbt"), "build", "--project-dir", str(DBT_PROJECT_DIR),
+                           "--profiles-dir", str(DBT_PROJECT_DIR), "--target-path", str(target), *extra],
+                          env={**os.environ, "UDIP_WAREHOUSE": str(db)}, capture_output=True, text=True, timeout=300)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     db = tmp_path_factory.mktemp("dbt") / "warehouse.duckdb"
@@ -51,13 +59,12 @@ def built(tmp_path_factory):
                             "CHR_POS": ["5010000", "1760000", ""], "DISEASE/TRAIT": ["Height", "Brain region volumes",
                                                                                     "Subcortical volume"]})
     write_partition(db, GWAS_CATALOG, catalog.assign(cohort="c"), {"cohort": "c"})
-    # A subprocess, as dagster-dbt runs it: dbt-duckdb keeps its DuckDB connection open in-process.
     target = db.parent / "target"
-    proc = subprocess.run([str(Path(sys.executable).parent / "dbt"), "build", "--project-dir", str(DBT_PROJECT_DIR),
-                           "--profiles-dir", str(DBT_PROJECT_DIR), "--target-path", str(target)],
-                          env={**os.environ, "UDIP_WAREHOUSE": str(db)}, capture_output=True, text=True, timeout=300)
+    proc = _dbt_build(db, target)
     results = json.loads((target / "run_results.json").read_text())["results"]
-    return db, proc, {r["unique_id"].split(".")[2]: r["status"] for r in results}
+    # model.<project>.<name>, test.<project>.<name>.<hash>, unit_test.<project>.<model>.<name>
+    return db, proc, {r["unique_id"].split(".")[3 if r["unique_id"].startswith("unit_test.") else 2]: r["status"]
+                      for r in results}
 
 
 def test_build_and_tests_pass(built):
@@ -66,6 +73,14 @@ def test_build_and_tests_pass(built):
     assert statuses["loci_annotated"] == "success" and statuses["novel_loci"] == "success"
     tests = {name: s for name, s in statuses.items() if name.startswith(("unique_", "not_null_", "relationships_"))}
     assert len(tests) >= 10 and set(tests.values()) == {"pass"}
+
+
+def test_dbt_unit_tests_of_the_novelty_rule_pass(built):
+    """The project's own unit tests (models/marts/schema.yml): the 250 kb flank at 250,000 vs 250,001 bp,
+    chromosome and cohort, brain vs other traits, and the paper's Table 2 lead SNPs."""
+    _, _, statuses = built
+    assert statuses["novel_loci_flank_is_250kb_either_side"] == "pass"
+    assert statuses["novel_loci_a_table2_lead_snp_is_known"] == "pass"
 
 
 def test_novelty_follows_the_250kb_rule(built):
@@ -90,3 +105,26 @@ def test_loci_by_dim_explodes_dims(built):
     rows = read_frame(db, "SELECT locus, dim FROM loci_by_dim ORDER BY locus, dim")
     assert rows.groupby("locus")["dim"].apply(list).to_dict() == {1: [3, 7], 2: [12], 3: [5], 4: [9, 10, 11],
                                                                  5: [45]}
+
+
+def test_a_cohort_build_replaces_that_cohorts_rows_only(built, tmp_path):
+    """The dbt var ``cohort`` (the Dagster partition): another cohort's rows stay; a locus gone from a
+    re-run of this cohort is gone from the marts too."""
+    import shutil
+
+    db = tmp_path / "warehouse.duckdb"
+    shutil.copy(built[0], db)
+    other = {"cohort": "d", "model_id": "m"}
+    write_partition(db, GENOMIC_RISK_LOCI, pd.DataFrame([_locus(1, "2", 7_000_000, 7_010_000, "rsD", "4")])
+                    .assign(**other), other)
+    assert _dbt_build(db, tmp_path / "t1", cohort="d").returncode == 0
+    counts = read_frame(db, "SELECT cohort, count(*) AS n FROM loci_annotated GROUP BY 1 ORDER BY 1")
+    assert dict(zip(counts["cohort"], counts["n"], strict=True)) == {"c": 5, "d": 1}
+    loci = read_frame(db, "SELECT * FROM genomic_risk_loci WHERE cohort = 'c' AND \"GenomicLocus\" <> 2")
+    write_partition(db, GENOMIC_RISK_LOCI, loci, PART)
+    proc = _dbt_build(db, tmp_path / "t2", cohort="c")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    annotated = read_frame(db, "SELECT cohort, locus FROM loci_annotated ORDER BY 1, 2")
+    assert annotated.groupby("cohort")["locus"].apply(list).to_dict() == {"c": [1, 3, 4, 5], "d": [1]}
+    assert read_frame(db, "SELECT locus FROM novel_loci WHERE cohort = 'c' ORDER BY 1")["locus"].tolist() == [4]
+    assert read_frame(db, "SELECT count(*) AS n FROM novel_loci WHERE cohort = 'd'")["n"].item() == 1

@@ -7,6 +7,7 @@ test session does the same at start), never by hand. Models run with ``dbt build
 and their tests) against ``$UDIP_HOME/warehouse.duckdb``, passed to the profile as UDIP_WAREHOUSE.
 """
 
+import json
 import os
 import shutil
 import sys
@@ -43,13 +44,16 @@ class _Translator(DagsterDbtTranslator):
     retry_policy=dg.RetryPolicy(max_retries=2, delay=10),
 )
 def dbt_annotations(context: dg.AssetExecutionContext, dbt: DbtCliResource, home: UdipHome):
-    """``dbt build``: seeds, the annotation models (loci_annotated, novel_loci, loci_by_dim) and their tests.
+    """``dbt build``: seeds, the annotation models (loci_annotated, novel_loci, loci_by_dim), their
+    data tests and unit tests, for the run's cohort.
 
-    The models are rebuilt whole (every cohort); the run's partition only places them in the graph.
+    The cohort is passed as the dbt var ``cohort``: the marts are incremental, and a build deletes and
+    re-inserts that cohort's rows only (``macros/cohort_partition.sql``); the staging models are views.
     The retry covers a warehouse file briefly locked by another step's write.
     """
     os.environ["UDIP_WAREHOUSE"] = str(home.warehouse_path())
-    yield from dbt.cli(["build"], context=context).stream()
+    cohort_var = json.dumps({"cohort": context.partition_key})
+    yield from dbt.cli(["build", "--vars", cohort_var], context=context).stream()
 
 
 def _dbt_executable() -> str:

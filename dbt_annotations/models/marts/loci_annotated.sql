@@ -1,6 +1,7 @@
+{{ config(materialized='incremental', incremental_strategy='append', pre_hook="{{ delete_cohort_rows() }}") }}
 -- One row per locus: its genes (overlapping, and the nearest to the top SNP) and the GWAS Catalog
 -- traits reported inside it.
-with loci as (select * from {{ ref('stg_loci') }}),
+with loci as (select * from {{ ref('stg_loci') }} {{ cohort_filter() }}),
 genes as (select * from {{ ref('stg_genes') }}),
 overlap as (
     select l.locus_key, string_agg(distinct g.gene, ';' order by g.gene) as overlapping_genes

@@ -1,7 +1,8 @@
+{{ config(materialized='incremental', incremental_strategy='append', pre_hook="{{ delete_cohort_rows() }}") }}
 -- One row per novel locus: no reference locus and no GWAS Catalog brain-structure association within
 -- the locus +- 250 kb, and none of its lead SNPs in the reference sets (the paper's Table 2 rule).
 {% set flank_bp = 250000 %}
-with loci as (select * from {{ ref('loci_annotated') }}),
+with loci as (select * from {{ ref('loci_annotated') }} {{ cohort_filter() }}),
 brain_catalog as (
     select c.* from {{ ref('stg_catalog') }} c
     where exists (select 1 from {{ ref('brain_structure_terms') }} t where lower(c.trait) like '%' || t.term || '%')
