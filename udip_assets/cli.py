@@ -79,9 +79,10 @@ def materialize(cohort: str, selection: str | None, train_count: int | None, val
 def _print_progress(stage: str, entry) -> None:
     """One line per step start, end or failure, failed check, and the steps' own log lines."""
     import logging
+    from datetime import datetime
 
     event = entry.dagster_event
-    when = f"{entry.timestamp:%H:%M:%S}" if hasattr(entry.timestamp, "strftime") else _clock(entry.timestamp)
+    when = datetime.fromtimestamp(entry.timestamp).strftime("%H:%M:%S")
     if event is None:
         if entry.level >= logging.INFO and entry.user_message:
             click.echo(f"{when} {stage} {entry.step_key or ''}: {entry.user_message}")
@@ -96,12 +97,6 @@ def _print_progress(stage: str, entry) -> None:
         check = event.event_specific_data
         click.echo(f"{when} {stage} check {check.check_name} on {check.asset_key.to_user_string()} failed "
                    f"({check.severity.value})", err=True)
-
-
-def _clock(timestamp: float) -> str:
-    from datetime import datetime
-
-    return datetime.fromtimestamp(timestamp).strftime("%H:%M:%S")
 
 
 def _refuse_invalid_cohort(folder: Path) -> None:

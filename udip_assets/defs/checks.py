@@ -80,9 +80,7 @@ def no_subject_in_two_splits(context: dg.AssetCheckExecutionContext, home: UdipH
 
 def _kinship_threshold(context: dg.AssetCheckExecutionContext, cohort: str) -> float:
     """The threshold ``subjects`` used for this cohort (SubjectsConfig.kinship_threshold), from its metadata."""
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=subjects.key, asset_partitions=[cohort]), limit=1).records
-    meta = records[0].event_log_entry.asset_materialization.metadata if records else {}
+    meta = _latest_metadata(context, subjects.key, cohort)
     if "kinship_threshold" not in meta:
         raise dg.Failure(f"subjects has no materialization recording its kinship_threshold for cohort {cohort!r}; "
                          "re-materialize subjects")
@@ -107,11 +105,16 @@ def caches_are_zscored(context: dg.AssetCheckExecutionContext, home: UdipHome) -
                                metadata={"max_abs_mean": worst_mean, "max_abs_sd_minus_1": worst_sd})
 
 
-def _latest_model_id(context, key: dg.AssetKey, cohort: str) -> str:
-    """The model_id the asset's latest materialization of ``cohort`` recorded (the one just checked)."""
+def _latest_metadata(context, key: dg.AssetKey, cohort: str) -> dict:
+    """The metadata of the asset's latest materialization of ``cohort`` (the one just checked); {} if none."""
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=key, asset_partitions=[cohort]), limit=1).records
-    meta = records[0].event_log_entry.asset_materialization.metadata if records else {}
+    return dict(records[0].event_log_entry.asset_materialization.metadata) if records else {}
+
+
+def _latest_model_id(context, key: dg.AssetKey, cohort: str) -> str:
+    """The model_id the asset's latest materialization of ``cohort`` recorded."""
+    meta = _latest_metadata(context, key, cohort)
     if "model_id" not in meta:
         raise dg.Failure(f"{key.to_user_string()} has no materialization with a model_id for cohort {cohort!r}")
     return str(meta["model_id"].value)
