@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from udip_assets.errors import UdipConfigError
-from udip_assets.imaging.grids import Grid
+from udip_assets.imaging.grids import Grid, resample_voxels
 
 # Label given to the lateral ventricles in ``Anatomy.region_labels`` and in warped label images;
 # AAL3 uses 1..170, so 1000 never collides.
@@ -262,11 +262,7 @@ def _resample(grid: Grid, src: np.ndarray, src_affine: np.ndarray, order: int) -
     if order == 1 and grid.voxel_mm > src_voxel_mm * 1.01:
         fwhm_vox = np.sqrt(grid.voxel_mm**2 - src_voxel_mm**2) / src_voxel_mm
         src = ndi.gaussian_filter(src, sigma=fwhm_vox / np.sqrt(8 * np.log(2)))
-    out_dtype = np.float32 if order == 1 else src.dtype
-    return ndi.affine_transform(
-        src, vox_map[:3, :3], offset=vox_map[:3, 3], output_shape=grid.shape,
-        output=out_dtype, order=order, mode="constant", cval=0.0,
-    )  # fmt: skip
+    return resample_voxels(src, vox_map, grid.shape, order, dtype=np.float32 if order == 1 else src.dtype)
 
 
 def _aal3_labels(grid: Grid) -> tuple[np.ndarray, tuple[int, ...]]:

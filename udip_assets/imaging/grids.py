@@ -61,3 +61,29 @@ def grid_for_shape(shape: tuple[int, ...]) -> Grid | None:
         if tuple(shape) == grid.shape:
             return grid
     return None
+
+
+def resample_voxels(src: np.ndarray, vox_map: np.ndarray, shape: tuple[int, int, int], order: int,
+                    dtype=None) -> np.ndarray:
+    """``src`` sampled at ``vox_map`` (target voxel -> source voxel, (4, 4)) on a target of ``shape``.
+
+    Trilinear (``order=1``) or nearest-neighbour (``order=0``); 0 outside the source. When the map
+    sends every target voxel to a source voxel centre (a diagonal integer matrix and an integer
+    offset: the MNI152 templates onto the 1 and 2 mm grids), either order is exactly that voxel's
+    value, so it is read by indexing instead of interpolating (~100x faster at 1 mm).
+    """
+    dtype = np.dtype(dtype if dtype is not None else src.dtype)
+    matrix, offset = vox_map[:3, :3], vox_map[:3, 3]
+    step = np.diag(matrix)
+    on_lattice = (np.array_equal(matrix, np.diag(step)) and np.array_equal(step, np.rint(step))
+                  and np.array_equal(offset, np.rint(offset)))
+    if not on_lattice:
+        from scipy import ndimage as ndi
+
+        return ndi.affine_transform(src, matrix, offset=offset, output_shape=tuple(shape), output=dtype,
+                                    order=order, mode="constant", cval=0.0)
+    index = [np.rint(s * np.arange(n) + o).astype(np.intp) for s, o, n in zip(step, offset, shape, strict=True)]
+    inside = [(i >= 0) & (i < m) for i, m in zip(index, src.shape, strict=True)]
+    out = np.zeros(tuple(shape), dtype=dtype)
+    out[np.ix_(*inside)] = src[np.ix_(*(i[k] for i, k in zip(index, inside, strict=True)))]
+    return out

@@ -38,11 +38,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from scipy import ndimage as ndi
 
 from udip_assets.errors import UdipConfigError
 from udip_assets.imaging.anatomy import REGIONS, VENTRICLES_LABEL, load_anatomy
-from udip_assets.imaging.grids import Grid
+from udip_assets.imaging.grids import Grid, resample_voxels
 
 TABLE_COLUMNS = ("id", "name", "hemisphere", "structure")
 REGION_TABLE_COLUMNS = ("region", "hemisphere", "n_voxels", "fraction", "mean_t", "peak_t", "rank", "label",
@@ -218,9 +217,7 @@ def resample_labels(src: np.ndarray, src_affine: np.ndarray, grid: Grid) -> tupl
         Non-zero source labels that no target voxel received.
     """
     vox_map = np.linalg.inv(np.asarray(src_affine, dtype=np.float64)) @ grid.affine  # target -> source voxel
-    labels = ndi.affine_transform(np.asarray(src, dtype=np.int32), vox_map[:3, :3], offset=vox_map[:3, 3],
-                                  output_shape=tuple(grid.shape), output=np.int32, order=0, mode="constant",
-                                  cval=0)
+    labels = resample_voxels(np.asarray(src, dtype=np.int32), vox_map, grid.shape, order=0, dtype=np.int32)
     lost = np.setdiff1d(np.unique(src[src > 0]), np.unique(labels))
     return labels, tuple(int(v) for v in lost)
 
@@ -349,8 +346,11 @@ def region_table(t_map: np.ndarray, atlas: Atlas, threshold: float = DEFAULT_T_T
         raise UdipConfigError(f"atlas {atlas.name} has no labelled voxel on grid {atlas.grid.name}; check its image")
     sums = {key: np.bincount(lab, weights=w, minlength=size)[ids]
             for key, w in (("t", flat), ("abs", np.abs(flat)), ("above", (np.abs(flat) > threshold) * 1.0))}
-    hi = np.asarray(ndi.maximum(t, atlas.labels, ids), dtype=np.float64).reshape(-1)
-    lo = np.asarray(ndi.minimum(t, atlas.labels, ids), dtype=np.float64).reshape(-1)
+    hi, lo = np.full(size, -np.inf), np.full(size, np.inf)  # per-label extremes in one unbuffered pass each
+    index = lab.astype(np.intp, copy=False)
+    np.maximum.at(hi, index, flat)
+    np.minimum.at(lo, index, flat)
+    hi, lo = hi[ids], lo[ids]
     info = atlas.table.set_index("id").loc[ids]
     counts = n[ids]
     df = pd.DataFrame({
