@@ -31,10 +31,18 @@ $(STAMP): pyproject.toml requirements.lock | $(BIN)/python
 	$(PIP) install -e '.[dev]' -c requirements.lock
 	@touch $@
 
-# dagster-dbt reads dbt_annotations/target/manifest.json at import: (re)build it with `dbt parse`
-# whenever a model, seed or .yml is newer than it (a no-op otherwise).
-install: $(STAMP)
-	@$(BIN)/python -m udip_assets.defs.dbt_project >/dev/null
+# dagster-dbt reads dbt_annotations/target/manifest.json at import: prepared the dagster-dbt way
+# (`dagster-dbt project prepare-and-package`, i.e. `dbt parse`) whenever a model, seed or .yml is
+# newer than it; a no-op otherwise. The preparer runs the venv's dbt, hence the PATH.
+DBT_MANIFEST := dbt_annotations/target/manifest.json
+DBT_SOURCES  := $(shell find dbt_annotations \( -name target -o -name logs \) -prune -o \
+                  \( -name '*.sql' -o -name '*.yml' -o -name '*.csv' \) -print)
+$(DBT_MANIFEST): $(STAMP) $(DBT_SOURCES)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dagster-dbt project prepare-and-package \
+	  --file udip_assets/defs/dbt_project.py >/dev/null
+	@touch $@
+
+install: $(DBT_MANIFEST)
 
 demo: install
 	$(BIN)/udip synth --name $(DEMO_NAME) --subjects $(DEMO_SUBJECTS) --resolution 2 --seed $(DEMO_SEED)

@@ -1,10 +1,11 @@
 """The dbt annotation project (``dbt_annotations/``) as Dagster assets, downstream of the loci.
 
 dagster-dbt reads the project's ``manifest.json`` when this module is imported. The manifest is
-built by the set-up step (``make install`` runs
-:func:`udip_assets.defs.dbt_project.prepare_manifest`, i.e. ``dbt parse``; the
-test session does the same at start), never by hand. Models run with ``dbt build`` (seeds, models
-and their tests) against ``$UDIP_HOME/warehouse.duckdb``, passed to the profile as UDIP_WAREHOUSE.
+prepared the dagster-dbt way (see :mod:`udip_assets.defs.dbt_project`): by ``make install``
+(``dagster-dbt project prepare-and-package``), under ``dagster dev`` when stale
+(``DbtProject.prepare_if_dev``), and at the test session's start, never by hand. Models run with
+``dbt build`` (seeds, models and their tests) against ``$UDIP_HOME/warehouse.duckdb``, passed to the
+profile as UDIP_WAREHOUSE.
 """
 
 import json
@@ -24,8 +25,8 @@ from udip_assets.errors import UdipConfigError
 
 if not dbt_project.manifest_path.exists():
     raise UdipConfigError(
-        f"the dbt manifest {dbt_project.manifest_path} is missing; build it with `make install` "
-        "(or `python -m udip_assets.defs.dbt_project`), which runs `dbt parse`"
+        f"the dbt manifest {dbt_project.manifest_path} is missing; build it with `make install`, which runs "
+        "`dagster-dbt project prepare-and-package --file udip_assets/defs/dbt_project.py` (dbt parse)"
     )
 
 
