@@ -37,9 +37,8 @@ def _dbt_build(db: Path, target: Path, cohort: str | None = None) -> subprocess.
                           env={**os.environ, "UDIP_WAREHOUSE": str(db)}, capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    db = tmp_path_factory.mktemp("dbt") / "warehouse.duckdb"
+def seed_annotation_inputs(db: Path) -> None:
+    """The hand-built loci, lead SNPs, genes, reference loci and catalog rows of cohort 'c'."""
     loci = pd.DataFrame([
         _locus(1, "2", 1_000_000, 1_100_000, "rsNear", "3;7"),      # reference SNP 200 kb right of the end
         _locus(2, "2", 5_000_000, 5_050_000, "rsNovel", "12"),      # only a non-brain catalog trait inside
@@ -59,6 +58,12 @@ def built(tmp_path_factory):
                             "CHR_POS": ["5010000", "1760000", ""], "DISEASE/TRAIT": ["Height", "Brain region volumes",
                                                                                     "Subcortical volume"]})
     write_partition(db, GWAS_CATALOG, catalog.assign(cohort="c"), {"cohort": "c"})
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    db = tmp_path_factory.mktemp("dbt") / "warehouse.duckdb"
+    seed_annotation_inputs(db)
     target = db.parent / "target"
     proc = _dbt_build(db, target)
     results = json.loads((target / "run_results.json").read_text())["results"]

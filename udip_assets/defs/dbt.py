@@ -22,6 +22,7 @@ from udip_assets.defs.dbt_project import dbt_project
 from udip_assets.defs.partitions import cohort_partitions
 from udip_assets.defs.resources import UdipHome
 from udip_assets.errors import UdipConfigError
+from udip_assets.store.warehouse import refresh_snapshot
 
 if not dbt_project.manifest_path.exists():
     raise UdipConfigError(
@@ -55,6 +56,7 @@ def dbt_annotations(context: dg.AssetExecutionContext, dbt: DbtCliResource, home
     os.environ["UDIP_WAREHOUSE"] = str(home.warehouse_path())
     cohort_var = json.dumps({"cohort": context.partition_key})
     yield from dbt.cli(["build", "--vars", cohort_var], context=context).stream()
+    refresh_snapshot(home.warehouse_path())  # readers see dbt's tables while the next run writes
 
 
 def _dbt_executable() -> str:
