@@ -33,6 +33,7 @@ def synth(name: str, n_subjects: int, resolution: str, seed: int, with_faults: b
     try:
         cfg = SynthConfig(name=name, n_subjects=n_subjects, resolution_mm=int(resolution), seed=seed,
                           with_faults=with_faults)
+        paths.ensure_private_dir(paths.udip_home())  # subject-level data: the owner only
         spec = generate_cohort(cfg, paths.cohorts_dir() / name, force=force)
     except UdipConfigError as exc:
         raise click.ClickException(str(exc)) from exc

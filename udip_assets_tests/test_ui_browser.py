@@ -170,3 +170,17 @@ def test_a_dropped_cohort_is_automated_down_to_loci_and_the_ui_shows_it(ui):
         assert box is not None and box["width"] > 200 and box["height"] > 100
         page.screenshot(path=str(ARTIFACTS / "minp_sumstats_manhattan.png"))
         browser.close()
+
+
+def test_the_run_records_of_both_cohorts_name_no_subject(ui):
+    """Dagster's event log, run storage and compute logs and the MLflow store of the launched and automated
+    runs (training included) hold no eid of either cohort: counts and reasons only."""
+    from udip_assets_tests.privacy_scan import cohort_ids, find_ids
+
+    home, _, dagster_home, _ = ui
+    ids = cohort_ids(home / "cohorts" / "ui_first") | cohort_ids(home / "cohorts" / "ui_second")
+    assert len(ids) >= 300 and (home / "mlflow.db").exists()
+    mlflow_artifacts = home / "artifacts" / "mlflow"
+    assert mlflow_artifacts.is_dir()
+    found = find_ids([dagster_home, home / "mlflow.db", mlflow_artifacts], ids)
+    assert not found, found[:3]

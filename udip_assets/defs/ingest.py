@@ -16,6 +16,7 @@ from udip_assets.defs.resources import UdipHome
 from udip_assets.genetics.plink import read_fam
 from udip_assets.genetics.relatedness import read_ukb_rel
 from udip_assets.imaging.preprocess import PreprocessConfig
+from udip_assets.paths import without_subject_ids
 from udip_assets.store.schema import PREPROCESSED_SCANS, SCANS, SUBJECTS
 
 
@@ -30,8 +31,11 @@ def scan_manifest(context: dg.AssetExecutionContext, home: UdipHome) -> dg.Mater
     rows = validate_cohort_scans(spec)
     home.write(SCANS, rows, cohort=spec.name)
     by_status = rows["status"].value_counts().to_dict()
-    for bad in rows[rows["status"] != "ok"].itertuples():
-        context.log.warning(f"scan {bad.path}: {bad.status}: {bad.error}")
+    bad = {k: int(v) for k, v in by_status.items() if k != "ok"}
+    if bad:  # how many and why in the event log; which ones only in the (owner-only) warehouse
+        context.log.warning(f"{sum(bad.values())} of {len(rows)} scans are not usable {bad}; list them with: udip sql "
+                            f"\"SELECT subject_id, visit, status, error FROM scans WHERE cohort = '{spec.name}' "
+                            "AND status != 'ok'\"")
     return dg.MaterializeResult(
         data_version=dg.DataVersion(fingerprint),
         metadata={
@@ -75,7 +79,9 @@ def subjects(context: dg.AssetExecutionContext, config: SubjectsConfig, home: Ud
     )
     home.write(SUBJECTS, rows, cohort=spec.name)
     kept = rows[rows["kept"]]
-    reasons = rows.loc[~rows["kept"], "drop_reason"].str.split(":").str[0].str.slice(0, 60)
+    ids = set(rows["subject_id"].astype(str))
+    reasons = (rows.loc[~rows["kept"], "drop_reason"].map(lambda r: without_subject_ids(r, ids))
+               .str.split(":").str[0].str.slice(0, 60))
     return dg.MaterializeResult(
         metadata={
             "n_subjects": len(rows),
@@ -114,15 +120,16 @@ def preprocessed_scans(
     previous = home.query("SELECT * FROM preprocessed_scans WHERE cohort = ?", [spec.name]) if _has_rows(home) else None
     cache_dir = home.artifacts("preprocessed", spec.name, f"{spec.grid.name}_{cfg.cache_dtype}")
     rows, failures = preprocess_subjects(kept, spec, cache_dir, cfg, previous=previous)
-    for sid, reason in failures.items():
-        context.log.error(f"subject {sid} could not be preprocessed (a 'failed' row of preprocessed_scans): {reason}")
+    if failures:
+        context.log.error(f"{len(failures)} subjects could not be preprocessed; list them with: udip sql \"SELECT "
+                          f"subject_id, reason FROM preprocessed_scans WHERE cohort = '{spec.name}' AND "
+                          "status = 'failed'\"")
     home.write(PREPROCESSED_SCANS, rows, cohort=spec.name)
     ok = rows[rows["status"] == "ok"] if len(rows) else rows
     return dg.MaterializeResult(
         metadata={
             "n_scans": len(ok),
             "n_failed": len(failures),
-            "failed": dg.MetadataValue.json(failures),
             "cache_dir": dg.MetadataValue.path(str(cache_dir)),
             "shape": ok["shape"].iloc[0] if len(ok) else None,
             "seconds_per_scan": float(ok["seconds"].mean()) if len(ok) else None,

@@ -367,15 +367,18 @@ def reconstruction_qc(context: dg.AssetExecutionContext, home: UdipHome, embedde
     loss_png = loss_figure(losses, summary, out / "reconstruction_loss.png")
     violin_png = udip_violin_figure(matrix, out / "udip_violins.png")
     outliers = losses[is_outlier].sort_values(ascending=False)
-    for sid, loss in outliers.items():
-        context.log.warning(f"subject {sid}: reconstruction loss {loss:.4f} is an extreme outlier "
-                            f"(outside [{summary.lower_fence:.4f}, {summary.upper_fence:.4f}])")
+    if len(outliers):
+        context.log.warning(f"{len(outliers)} subjects have an extreme reconstruction loss (outside "
+                            f"[{summary.lower_fence:.4f}, {summary.upper_fence:.4f}]); list them with: udip sql "
+                            f"\"SELECT subject_id, recon_loss FROM udips WHERE cohort = '{cohort}' AND model_id = "
+                            f"'{model_id}' AND recon_loss NOT BETWEEN {summary.lower_fence:.6g} AND "
+                            f"{summary.upper_fence:.6g} ORDER BY 2 DESC\"")
     return dg.MaterializeResult(metadata={
         "model_id": model_id, "n_subjects": summary.n_scans, "median_loss": summary.median,
         "q1": summary.q1, "q3": summary.q3, "n_extreme_outliers": summary.n_outliers,
         "participation_ratio": spectrum.participation_ratio, "n_pcs_90": spectrum.n_pcs_90,
         "n_pcs_99": spectrum.n_pcs_99, "pc1_fraction": spectrum.pc1_fraction,
-        "outliers": dg.MetadataValue.json({str(k): float(v) for k, v in outliers.items()}),
+        "outlier_losses": dg.MetadataValue.json([round(float(v), 6) for v in outliers]),
         "loss_figure": inline_figure(loss_png, "reconstruction loss"),
         "udip_violins": inline_figure(violin_png, "UDIP violins")})
 

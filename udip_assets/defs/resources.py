@@ -22,7 +22,8 @@ class UdipHome(dg.ConfigurableResource):
     home: str | None = None
 
     def root(self) -> Path:
-        return Path(self.home).expanduser().resolve() if self.home else paths.udip_home()
+        root = Path(self.home).expanduser().resolve() if self.home else paths.udip_home()
+        return paths.ensure_private_dir(root)
 
     def cohort_dir(self, cohort: str) -> Path:
         return self.root() / "cohorts" / cohort

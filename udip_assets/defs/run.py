@@ -37,8 +37,7 @@ run_coordinator:
 
 def ensure_dagster_home(home: Path | None = None) -> Path:
     """Create ``$UDIP_HOME/dagster`` with its ``dagster.yaml`` and point DAGSTER_HOME at it."""
-    home = home or paths.dagster_home()
-    home.mkdir(parents=True, exist_ok=True)
+    home = paths.ensure_private_dir(home or paths.dagster_home())
     cfg = home / "dagster.yaml"
     if not cfg.exists():
         cfg.write_text(DAGSTER_YAML)

@@ -32,6 +32,7 @@ import duckdb
 import pandas as pd
 
 from udip_assets.errors import WarehouseError
+from udip_assets.paths import ensure_private_dir
 from udip_assets.store.schema import TABLES, Table
 
 
@@ -140,7 +141,8 @@ def connect(
             f"the warehouse {path} does not exist yet; run `make demo` (or `udip materialize "
             "--cohort NAME`) to build it, or set UDIP_HOME to the folder that holds warehouse.duckdb"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(path.parent)
+    created = not path.exists()
     snap = snapshot_path(path)
     if read_only and snap.exists() and snapshots_enabled():
         try:
@@ -152,6 +154,8 @@ def connect(
                   f"{when} (the last finished write)", file=sys.stderr)
     else:
         con = _open(path, read_only, lock_timeout_s)
+        if created and path.exists():
+            os.chmod(path, 0o600)  # subject-level data: the owner only
     try:
         yield con
         if not read_only:
