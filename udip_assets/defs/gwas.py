@@ -143,9 +143,10 @@ def gwas_sumstats(context: dg.AssetExecutionContext, config: GwasAssetConfig, ho
 def _register_sumstats_view(home: UdipHome) -> None:
     """(Re)create the view ``gwas_sumstats`` over every chromosome's Parquet file."""
     pattern = str(home.root() / "artifacts" / "gwas" / "*" / "*" / "*" / "sumstats.parquet")
+    literal = "'" + pattern.replace("'", "''") + "'"  # a home path may hold quotes and spaces
     with connect(home.warehouse_path()) as con:
         con.execute("CREATE OR REPLACE VIEW gwas_sumstats AS SELECT * FROM "
-                    f"read_parquet('{pattern}', hive_partitioning = true, union_by_name = true)")
+                    f"read_parquet({literal}, hive_partitioning = true, union_by_name = true)")
 
 
 class MultivariateConfig(dg.Config):
