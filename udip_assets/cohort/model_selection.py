@@ -15,7 +15,7 @@ for the final GWAS) removes that bias: the final GWAS then tests a model chosen 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import pandas as pd
 from udip_assets.cohort.gwas_inputs import GwasSample
 from udip_assets.errors import UdipConfigError
 from udip_assets.genetics.clump import ClumpConfig
-from udip_assets.genetics.discovery import discover_loci
+from udip_assets.genetics.discovery import discover_loci, discover_minp_loci_of_sets
 from udip_assets.genetics.gwas import GwasConfig
 
 
@@ -87,3 +87,18 @@ def loci_of_sample(sample: GwasSample, genotypes: Path, gwas_cfg: GwasConfig, cl
     found = discover_loci(genotypes, sample.phenotypes, sample.covariates, gwas_cfg, {"minp": clump_cfg},
                           ld_method=ld_method)
     return found.clumps["minp"].loci, found.n_significant(clump_cfg.sig_p)
+
+
+def loci_of_samples(samples: Mapping[str, GwasSample], genotypes: Path, gwas_cfg: GwasConfig,
+                    clump_cfg: ClumpConfig, ld_method: str = "haplotype") -> dict[str, tuple[pd.DataFrame, int]]:
+    """:func:`loci_of_sample` of several samples of the same subjects and covariates (the sweep's
+    checkpoints) in one pass over the genotypes; name -> (minP loci, significant SNPs)."""
+    first = next(iter(samples.values()))
+    for name, sample in samples.items():
+        if not (sample.covariates.index.equals(first.covariates.index)
+                and sample.covariates.equals(first.covariates)):
+            raise UdipConfigError(f"sample {name!r} has other subjects or covariates than the first; the "
+                                  "checkpoints of one sweep must be tested on the same subjects")
+    found = discover_minp_loci_of_sets(genotypes, {name: s.phenotypes for name, s in samples.items()},
+                                       first.covariates, gwas_cfg, clump_cfg, ld_method=ld_method)
+    return {name: (d.clumps["minp"].loci, d.n_significant(clump_cfg.sig_p)) for name, d in found.items()}

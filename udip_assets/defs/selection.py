@@ -1,8 +1,9 @@
 """``checkpoint_loci_sweep``: choose a training run's model_id by the loci its UDIPs find.
 
 For every numbered checkpoint of the training run ``vit_ae_model`` returned (every
-``every_epochs``), encode the selection cohort's scans, run the GWAS of all chromosomes and FUMA
-clumping (:func:`~udip_assets.genetics.discovery.discover_loci`, the pipeline's own path) and
+``every_epochs``), encode the selection cohort's scans; then the GWAS of all chromosomes of every
+checkpoint's UDIPs in one pass over the genotypes and FUMA clumping of each
+(:func:`~udip_assets.genetics.discovery.discover_minp_loci_of_sets`, the pipeline's own path) and
 record the loci count in ``model_selection`` (this asset is its only writer; the MLflow metric
 ``n_loci`` of the training run too). The checkpoint with the most loci is the asset's output,
 which ``udip_embeddings`` takes as its input. Its UDIPs go to ``sweep_udips``, from which
@@ -18,7 +19,7 @@ import dagster as dg
 import pandas as pd
 
 from udip_assets.cohort.gwas_inputs import gwas_sample
-from udip_assets.cohort.model_selection import SweepPoint, loci_of_sample, patience_stop, select_by_loci
+from udip_assets.cohort.model_selection import SweepPoint, loci_of_samples, patience_stop, select_by_loci
 from udip_assets.cohort.spec import load_cohort
 from udip_assets.defs.cohort_defaults import with_cohort_defaults
 from udip_assets.defs.gwas import GwasAssetConfig
@@ -56,21 +57,26 @@ def checkpoint_loci_sweep(context: dg.AssetExecutionContext, config: SweepConfig
     spec = load_cohort(home.cohort_dir(sel))
     subjects = home.query("SELECT * FROM subjects WHERE cohort = ?", [sel])
     scans = split_scans(home, sel, (config.selection_split,))
-    points, n_subjects = [], 0
+    started = time.perf_counter()
+    samples = {}
     for row in todo.itertuples():
-        started = time.perf_counter()
         rows = _sweep_udips(home, sel, row, scans, config)
-        sample = gwas_sample(subjects, rows, config.gwas.covariate_spec(), split=config.selection_split)
-        n_subjects = len(sample.phenotypes)
-        clump = config.loci.to_domain(sample.phenotypes.shape[1])  # 5e-8 / this model's dims
-        loci, n_sig = loci_of_sample(sample, spec.genotypes, config.gwas.to_domain(), clump,
-                                     ld_method=config.loci.ld_method)
+        samples[row.model_id] = gwas_sample(subjects, rows, config.gwas.covariate_spec(), split=config.selection_split)
+    n_subjects = len(next(iter(samples.values())).phenotypes)
+    context.log.info(f"{len(samples)} checkpoints encoded ({time.perf_counter() - started:.0f} s); their GWAS in "
+                     "one pass over the genotypes")
+    started = time.perf_counter()
+    clump = config.loci.to_domain(next(iter(samples.values())).phenotypes.shape[1])  # 5e-8 / the dims
+    found = loci_of_samples(samples, spec.genotypes, config.gwas.to_domain(), clump, ld_method=config.loci.ld_method)
+    points = []
+    for row in todo.itertuples():
+        loci, n_sig = found[row.model_id]
         points.append(SweepPoint(int(row.epoch), row.model_id, len(loci), n_sig))
-        context.log.info(f"{row.model_id}: {len(loci)} loci, {n_sig} significant SNPs "
-                         f"({time.perf_counter() - started:.0f} s)")
+        context.log.info(f"{row.model_id}: {len(loci)} loci, {n_sig} significant SNPs")
         if row.mlflow_run_id:
             mlflow.log_to_run(row.mlflow_run_id, {"n_loci": len(loci), "n_significant_snps": n_sig},
                               step=int(row.epoch))
+    context.log.info(f"GWAS and loci of {len(points)} checkpoints: {time.perf_counter() - started:.0f} s")
     best = select_by_loci(points)
     home.write(MODEL_SELECTION, selection_rows(cohort, trained.run_id, points, best, sel, config.selection_split,
                                                n_subjects), cohort=cohort)

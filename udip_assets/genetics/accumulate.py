@@ -60,11 +60,19 @@ class Binner:
 
 
 class Accumulator:
-    """minP rows, hits and the |t| histogram, gathered chunk by chunk (memory ~ n_SNPs rows)."""
+    """minP rows, hits and the |t| histogram, gathered chunk by chunk (memory ~ n_SNPs rows).
 
-    def __init__(self, model: NullModel, cfg: GwasConfig, binner: Binner) -> None:
+    ``groups`` ((lo, hi) column ranges, default one range of every column) are phenotype sets
+    scanned in one pass (e.g. the UDIPs of several checkpoints): each gets its own minP rows,
+    ``minp_by_group[g]``, the minimum over its own columns.
+    """
+
+    def __init__(self, model: NullModel, cfg: GwasConfig, binner: Binner,
+                 groups: tuple[tuple[int, int], ...] | None = None) -> None:
         self.model, self.cfg, self.binner = model, cfg, binner
-        self.minp: list[pd.DataFrame] = []
+        self.groups = groups or ((0, model.n_dims),)
+        self.minp_by_group: list[list[pd.DataFrame]] = [[] for _ in self.groups]
+        self.minp = self.minp_by_group[0]
         self.hits: list[pd.DataFrame] = []
         self.multivariate: list[pd.DataFrame] = []
         self.hist = np.zeros((model.n_dims, T_HIST_BINS + 1), dtype=np.int64)
@@ -99,14 +107,16 @@ class Accumulator:
         self.n_tested += st.t.shape[0]
 
     def _add_minp(self, block: Block, st: Stats) -> None:
-        """For one SNP every dim has the same df, so the smallest p is at the largest |t|."""
-        abs_t = np.abs(st.t)
-        best = np.argmax(np.nan_to_num(abs_t, nan=-1.0), axis=1)
-        rows = np.arange(len(best))
-        beta, se = st.beta_se(rows, best)
-        self.minp.append(pd.DataFrame({
-            **variant_columns(block.variants), "p": t_to_p(abs_t[rows, best], st.df),
-            "dim": best.astype(np.int64), "beta": beta, "se": se, "maf": block.maf}))
+        """For one SNP every dim has the same df, so the smallest p is at the largest |t| (per group)."""
+        abs_t = np.nan_to_num(np.abs(st.t), nan=-1.0)
+        rows = np.arange(abs_t.shape[0])
+        variants = variant_columns(block.variants)
+        for (lo, hi), out in zip(self.groups, self.minp_by_group, strict=True):
+            best = np.argmax(abs_t[:, lo:hi], axis=1)
+            beta, se = st.beta_se(rows, best + lo)
+            out.append(pd.DataFrame({
+                **variants, "p": t_to_p(np.abs(st.t[rows, best + lo]), st.df),
+                "dim": best.astype(np.int64), "beta": beta, "se": se, "maf": block.maf}))
 
     def _add_hits(self, block: Block, st: Stats, hit_rows: np.ndarray) -> None:
         if hit_rows.size == 0:

@@ -9,7 +9,7 @@ assets (one chromosome per ``gwas_sumstats`` partition, then :func:`clump_method
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import pandas as pd
 
 from udip_assets.genetics.clump import MINP_COLUMNS, ClumpConfig, ClumpResult, clump_loci
 from udip_assets.genetics.genotype_stream import PlinkSource
-from udip_assets.genetics.gwas import GwasConfig, GwasResult, merge_results, scan_associations
+from udip_assets.genetics.gwas import GwasConfig, GwasResult, merge_results, scan_associations, scan_phenotype_sets
 from udip_assets.genetics.ld import LDCalculator
 from udip_assets.genetics.plink import read_bim
 
@@ -97,3 +97,25 @@ def discover_loci(genotypes: Path, phenotypes: pd.DataFrame, covariates: pd.Data
     ld = LDCalculator(genotypes, sample_iids=list(phenotypes.index), method=ld_method, window_bp=window)
     joint = joint_as_minp(gwas.multivariate, gwas.minp) if len(gwas.multivariate) else gwas.multivariate
     return Discovery(gwas=gwas, clumps=clump_methods(gwas.minp, joint, ld, configs))
+
+
+def discover_minp_loci_of_sets(genotypes: Path, phenotype_sets: Mapping[str, pd.DataFrame],
+                               covariates: pd.DataFrame, gwas_cfg: GwasConfig, clump_cfg: ClumpConfig,
+                               ld_method: str = "haplotype") -> dict[str, Discovery]:
+    """:func:`discover_loci` (minP only) of several phenotype sets of the same samples, sharing the work.
+
+    One pass over each chromosome's genotypes for all sets (:func:`scan_phenotype_sets`) and
+    one LD calculator for all clumpings: the checkpoint sweep's K checkpoints cost one decoding
+    of the genotypes and one LD set-up instead of K. Each set's loci are those
+    :func:`discover_loci` finds for it alone.
+    """
+    iids = list(next(iter(phenotype_sets.values())).index)
+    per_chrom = [scan_phenotype_sets(PlinkSource(genotypes, sample_iids=iids, chrom=chrom), phenotype_sets,
+                                     covariates, gwas_cfg)
+                 for chrom in fileset_chromosomes(genotypes)]
+    ld = LDCalculator(genotypes, sample_iids=iids, method=ld_method, window_bp=clump_cfg.window_bp)
+    out = {}
+    for name in phenotype_sets:
+        gwas = merge_results([results[name] for results in per_chrom])
+        out[name] = Discovery(gwas=gwas, clumps=clump_methods(gwas.minp, gwas.multivariate, ld, {"minp": clump_cfg}))
+    return out

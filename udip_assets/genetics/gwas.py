@@ -32,9 +32,9 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -64,7 +64,7 @@ from udip_assets.genetics.sumstats_io import SumstatsWriter
 __all__ = [
     "CHI2_MEDIAN_1DF", "DTYPES", "FUMA_COLUMNS", "HITS_COLUMNS", "MISSING_MODES", "SUMSTATS_COLUMNS",
     "GwasConfig", "GwasResult", "Residualizer", "fuma_minp_table", "lambda_from_histogram", "merge_results",
-    "p_to_abs_t", "scan_associations", "t_to_neg_log10_p", "t_to_p",
+    "p_to_abs_t", "scan_associations", "scan_phenotype_sets", "t_to_neg_log10_p", "t_to_p",
 ]
 
 MISSING_MODES = ("drop", "mean_impute")
@@ -303,13 +303,76 @@ def scan_associations(genotypes: GenotypeSource, phenotypes: pd.DataFrame, covar
     """
     cfg = config or GwasConfig()
     started = time.perf_counter()
+    acc, source, residualizer, dims = _scan(genotypes, phenotypes, covariates, cfg, sumstats_path, progress)
+    return _result(acc, source, residualizer, dims, cfg, time.perf_counter() - started)
+
+
+def scan_phenotype_sets(genotypes: GenotypeSource, phenotype_sets: Mapping[str, pd.DataFrame],
+                        covariates: pd.DataFrame, config: GwasConfig | None = None,
+                        progress: Callable[[int], None] | None = None) -> dict[str, GwasResult]:
+    """Several phenotype matrices of the same samples in one pass over the genotypes.
+
+    What the checkpoint sweep needs: the UDIPs of every swept checkpoint, tested against every
+    SNP with each genotype chunk decoded and centred once and one wider matrix product
+    ``G [Y_1 | ... | Y_K | Q]``. Each set's result is the one :func:`scan_associations` gives
+    for it alone (its own minP, hits, lambda GC and dims); the joint test is not run
+    (``config.multivariate`` is ignored: it would need one whitening per set).
+
+    Parameters
+    ----------
+    phenotype_sets : mapping of name -> DataFrame
+        Each (n_samples, P_k), indexed by the same IIDs in the same order.
+
+    Returns
+    -------
+    dict of name -> GwasResult
+        ``seconds`` is the shared pass's wall time.
+    """
+    cfg = replace(config or GwasConfig(), multivariate=False)
+    frames = list(phenotype_sets.values())
+    if not frames:
+        raise SummaryStatsError("scan_phenotype_sets got no phenotype sets")
+    for name, frame in phenotype_sets.items():
+        if not frame.index.equals(frames[0].index):
+            raise SummaryStatsError(f"phenotype set {name!r} has other samples (or another order) than "
+                                    f"{next(iter(phenotype_sets))!r}; the sets must share one IID index")
+    bounds = np.cumsum([0, *(f.shape[1] for f in frames)])
+    groups = tuple((int(lo), int(hi)) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True))
+    wide = pd.concat([f.set_axis([f"{k}\t{c}" for c in f.columns], axis=1) for k, f in phenotype_sets.items()],
+                     axis=1)
+    started = time.perf_counter()
+    acc, source, residualizer, _ = _scan(genotypes, wide, covariates, cfg, None, progress, groups)
+    seconds = time.perf_counter() - started
+    hits = pd.concat(acc.hits, ignore_index=True) if acc.hits else empty_hits_table()
+    acc.flush()
+    out = {}
+    for g, (name, frame) in enumerate(phenotype_sets.items()):
+        lo, hi = groups[g]
+        acc_minp = acc.minp_by_group[g]
+        minp = pd.concat(acc_minp, ignore_index=True) if acc_minp else empty_minp_table()
+        own = hits[(hits["dim"] >= lo) & (hits["dim"] < hi)].assign(dim=lambda h, lo=lo: h["dim"] - lo)
+        hist = acc.hist[lo:hi]
+        out[name] = GwasResult(
+            minp=minp.loc[:, list(MINP_COLUMNS)], hits=own.loc[:, list(HITS_COLUMNS)].reset_index(drop=True),
+            lambda_gc=lambda_from_histogram(hist, acc.model.df_ref), n_samples=source.n_samples,
+            n_variants=acc.n_tested, n_dims=hi - lo, n_skipped=dict(acc.skipped),
+            dims=tuple(map(str, frame.columns)), covariates_used=residualizer.kept,
+            covariates_dropped=dict(residualizer.dropped), seconds=seconds, t_histogram=hist,
+            df_ref=acc.model.df_ref, config=cfg)
+    return out
+
+
+def _scan(genotypes: GenotypeSource, phenotypes: pd.DataFrame, covariates: pd.DataFrame, cfg: GwasConfig,
+          sumstats_path: Path | str | None, progress: Callable[[int], None] | None,
+          groups: tuple[tuple[int, int], ...] | None = None):
+    """The streamed pass: (accumulator, aligned source, residualizer, dims)."""
     source, y, cov = align_samples(genotypes, phenotypes, covariates)
     y = mv.inverse_normal_transform(y) if cfg.inverse_normal else y
     residualizer = Residualizer(cov)
     dims = tuple(map(str, phenotypes.columns))
     model = null_model(residualizer, y, dims, cfg.dtype, joint=cfg.multivariate)
     binner = Binner(model.df_ref)
-    acc = Accumulator(model, cfg, binner)
+    acc = Accumulator(model, cfg, binner, groups)
     n_workers = _n_workers(cfg.threads)
     bounds = [(s, min(s + cfg.chunk_variants, source.n_variants))
               for s in range(0, source.n_variants, cfg.chunk_variants)]
@@ -323,7 +386,7 @@ def scan_associations(genotypes: GenotypeSource, phenotypes: pd.DataFrame, covar
             writer.put(block.variants, st)
             if progress is not None:
                 progress(stop - start)
-    return _result(acc, source, residualizer, dims, cfg, time.perf_counter() - started)
+    return acc, source, residualizer, dims
 
 
 def _result(acc: Accumulator, source: GenotypeSource, residualizer: Residualizer, dims: tuple[str, ...],

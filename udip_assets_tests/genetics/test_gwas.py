@@ -24,6 +24,7 @@ from udip_assets.genetics.gwas import (
     merge_results,
     p_to_abs_t,
     scan_associations,
+    scan_phenotype_sets,
     t_to_neg_log10_p,
     t_to_p,
 )
@@ -203,6 +204,32 @@ def test_merged_chromosome_scans_equal_one_scan(cohort):
     np.testing.assert_array_equal(merged.t_histogram, whole.t_histogram)
     np.testing.assert_allclose(merged.lambda_gc, whole.lambda_gc)
     assert merged.n_variants == whole.n_variants and merged.n_skipped == whole.n_skipped
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_phenotype_sets_in_one_pass_equal_their_own_scans(cohort, dtype):
+    """The sweep's path: K phenotype sets of the same samples in one pass give each set's own scan:
+    its minP (over its own dims), hits, |t| histogram and lambda GC, with missing calls dropped."""
+    _, g, variants, pheno, cov = cohort
+    rng = np.random.default_rng(3)
+    second = pheno.iloc[:, [2, 0]].set_axis(["a", "b"], axis=1) + rng.normal(0, 0.5, (N, 2))
+    sets = {"first": pheno, "second": second}
+    cfg = GwasConfig(maf_min=0.0, call_rate_min=0.0, chunk_variants=32, dtype=dtype, keep_p=1e-2)
+    both = scan_phenotype_sets(ArraySource(g, list(pheno.index), variants), sets, cov, cfg)
+    rtol = 1e-6 if dtype == "float64" else 1e-4  # float32: the wider product rounds otherwise (~1e-6 on t)
+    for name, frame in sets.items():
+        alone = scan_associations(ArraySource(g, list(pheno.index), variants), frame, cov,
+                                  GwasConfig(**{**cfg.__dict__, "multivariate": False}))
+        got = both[name]
+        assert got.dims == alone.dims and got.n_dims == frame.shape[1] and got.n_variants == alone.n_variants
+        pd.testing.assert_frame_equal(got.minp, alone.minp, rtol=rtol)
+        assert len(alone.hits) > 0
+        pd.testing.assert_frame_equal(got.hits, alone.hits, rtol=rtol)
+        np.testing.assert_array_equal(got.t_histogram, alone.t_histogram)
+        np.testing.assert_allclose(got.lambda_gc, alone.lambda_gc)
+    with pytest.raises(Exception, match="must share one IID index"):
+        scan_phenotype_sets(ArraySource(g, list(pheno.index), variants),
+                            {"first": pheno, "shuffled": second.iloc[::-1]}, cov, cfg)
 
 
 def test_sumstats_rows_are_snp_major_and_typed(tmp_path, cohort):
