@@ -61,7 +61,9 @@ def plan_stages(defs: dg.Definitions, selection: str | None = None) -> list[Stag
     cohort x chromosome -> cohort), so the stages are as few as the graph allows and in its order.
     """
     graph = defs.resolve_asset_graph()
-    wanted = dg.AssetSelection.from_string(selection) if selection else dg.AssetSelection.all()
+    # a multi-asset (genomic_risk_loci with lead_snps, ind_sig_snps) runs whole: its siblings join the selection
+    wanted = (dg.AssetSelection.from_string(selection).required_multi_asset_neighbors() if selection
+              else dg.AssetSelection.all())
     chosen = {k for k in wanted.resolve(graph) if graph.get(k).is_materializable}
     level = _stage_levels(graph, chosen)
     stages = []

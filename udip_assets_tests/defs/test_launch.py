@@ -56,3 +56,17 @@ def test_materialize_launches_ordinary_runs_that_can_be_re_executed(ingested, tm
         assert finished.status == dg.DagsterRunStatus.SUCCESS, errors
         assert finished.parent_run_id == run.run_id
         assert finished.tags["dagster/partition"] == "tiny"
+
+
+def test_a_selection_that_cuts_a_multi_asset_takes_it_whole():
+    """genomic_risk_loci is written with lead_snps and ind_sig_snps by one op: selecting it (or what leads
+    to PerDI) selects them too, instead of failing to build the job."""
+    import dagster as dg
+
+    from udip_assets.definitions import defs
+    from udip_assets.defs.run import plan_stages
+
+    for selection in ("key:genomic_risk_loci", "+key:perdi_maps"):
+        keys = set().union(*(stage.keys for stage in plan_stages(defs, selection)))
+        assert {dg.AssetKey("lead_snps"), dg.AssetKey("ind_sig_snps")} <= keys, selection
+    assert dg.AssetKey("saliency_maps") not in keys
