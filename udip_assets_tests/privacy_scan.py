@@ -30,15 +30,24 @@ def _texts(path: Path) -> Iterable[tuple[str, str]]:
         yield str(path), path.read_bytes().decode("utf-8", "replace")
 
 
+# A whole alphanumeric token, but not the fraction of a decimal number: an event's timestamp such as
+# 1796197712.6454554 has seven digits after its point, and an eid is seven digits too.
+_TOKEN = re.compile(r"(?<![A-Za-z0-9])(?<![0-9]\.)[A-Za-z0-9]+")
+
+
+def id_tokens(text: str) -> Iterable[re.Match]:
+    """The tokens of ``text`` an identifier could be: whole alphanumeric runs, fractional digits excluded."""
+    return _TOKEN.finditer(text)
+
+
 def find_ids(roots: Iterable[Path], ids: set[str]) -> list[str]:
     """'where: ...context...' for each occurrence of an identifier (as a whole token) under ``roots``."""
-    token = re.compile(r"[A-Za-z0-9]+")
     found = []
     for root in roots:
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for f in files:
             for where, text in _texts(f):
-                for m in token.finditer(text):
+                for m in id_tokens(text):
                     if m.group(0) in ids:
                         found.append(f"{where}: ...{text[max(0, m.start() - 80):m.end() + 40]}...")
                         break

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import stat
 
 import pandas as pd
@@ -12,7 +11,7 @@ from udip_assets.defs.resources import UdipHome
 from udip_assets.paths import without_subject_ids
 from udip_assets.store.schema import GENES
 from udip_assets.store.warehouse import snapshot_path
-from udip_assets_tests.privacy_scan import cohort_ids
+from udip_assets_tests.privacy_scan import cohort_ids, find_ids, id_tokens
 
 
 def _mode(path) -> int:
@@ -38,6 +37,18 @@ def test_identifiers_are_masked_as_whole_tokens():
     assert without_subject_ids("id 12345678 is not one", ids) == "id 12345678 is not one"
 
 
+def test_the_scan_finds_identifiers_but_not_the_fractions_of_timestamps(tmp_path):
+    """An eid as a token, in a file name, or cast to a float is found; the seven digits after a
+    timestamp's point (an event log has thousands) are not an eid."""
+    ids = {"6454554", "1234567"}
+    (tmp_path / "events.txt").write_text('"timestamp": 1796197712.6454554, "x": 0.6454554')
+    assert find_ids([tmp_path], ids) == []
+    for text in ("subject 1234567.", "scans/1234567_20252_2_0.nii.gz", "eid=1234567.0", "[6454554, 1]"):
+        (tmp_path / "events.txt").write_text(text)
+        assert len(find_ids([tmp_path], ids)) == 1, text
+    assert [m.group(0) for m in id_tokens("a1234567 1234567b 12.5")] == ["a1234567", "1234567b", "12"]
+
+
 def test_the_ingest_event_log_of_a_faulty_cohort_names_no_subject(ingested):
     """The tiny cohort has unreadable scans, duplicate eids, relatives and missing covariates: every one is
     reported in the event log as a count and a reason, and none by its eid."""
@@ -46,5 +57,5 @@ def test_the_ingest_event_log_of_a_faulty_cohort_names_no_subject(ingested):
     assert len(ids) >= 60
     texts = [serialize_value(e) for run in instance.get_runs() for e in instance.all_logs(run.run_id)]
     assert any("drop_reasons" in t for t in texts) and any("scans are not usable" in t for t in texts)
-    token_ids = [t for t in texts if ids & set(re.findall(r"[A-Za-z0-9]+", t))]
+    token_ids = [t for t in texts if ids & {m.group(0) for m in id_tokens(t)}]
     assert not token_ids, token_ids[0][:2000]
