@@ -58,15 +58,18 @@ demo: install
 	@$(BIN)/udip where
 
 # PLINK 2 and PLINK 1.9 from Debian are the independent references of the GWAS and clumping tests;
-# Debian's chromium is the browser of the UI test (driven by Playwright; never `playwright install`).
-TEST_TOOLS := plink2 plink1.9 chromium
+# Debian's chromium is the browser of the UI test (driven by Playwright; never `playwright install`);
+# slurm-wlm and munge run the one-node SLURM cluster the cluster tests start. command:package pairs.
+TEST_TOOLS := plink2:plink2 plink1.9:plink1.9 chromium:chromium munged:munge slurmctld:slurm-wlm \
+              slurmd:slurm-wlm sbatch:slurm-wlm
 test-tools:
-	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for pair in $(TEST_TOOLS); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	missing=$$(echo $$missing | xargs -n1 | sort -u | xargs); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "$$missing not found and cannot apt-get install them here: run 'sudo apt-get install$$missing'; the tests that need them will be skipped (and fail under CI=true)"; \
+	    echo "$$missing not found and cannot apt-get install them here: run 'sudo apt-get install $$missing'; the tests that need them will be skipped (and fail under CI=true)"; \
 	  fi; \
 	fi
 

@@ -4,6 +4,7 @@ import dagster as dg
 
 from udip_assets.defs.automation import automation_sensor, with_automation
 from udip_assets.defs.checks import ingest_checks, result_checks
+from udip_assets.defs.compute import Compute
 from udip_assets.defs.dbt import dbt_annotations, dbt_resource
 from udip_assets.defs.gwas import gwas_assets
 from udip_assets.defs.ingest import ingest_assets
@@ -20,7 +21,8 @@ all_assets = with_automation([*ingest_assets, *model_assets, *selection_assets, 
                               dbt_annotations, *interpret_assets])
 all_checks = [*ingest_checks, *result_checks]
 home = UdipHome()
-resources = {"home": home, LINEAGE_IO: LineageIOManager(home=home), "mlflow": MlflowTracking(), "dbt": dbt_resource}
+resources = {"home": home, "compute": Compute(), LINEAGE_IO: LineageIOManager(home=home), "mlflow": MlflowTracking(),
+             "dbt": dbt_resource}
 
 defs = dg.Definitions(
     assets=all_assets,

@@ -78,3 +78,22 @@ def ingested(tiny_cohort, udip_home):
     result = materialize_cohort("tiny", selection="group:ingest", instance=instance)
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     return tiny_cohort, udip_home / "warehouse.duckdb", instance, result
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node SLURM cluster (munged + slurmctld + slurmd) for the session; SLURM_CONF points at it."""
+    from udip_assets_tests.slurm_cluster import missing_daemons, start_cluster
+
+    missing = missing_daemons()
+    if missing:
+        pytest.skip(f"{', '.join(missing)} is not on PATH (Debian: slurm-wlm and munge; `make test-tools`)")
+    cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    yield cluster
+    cluster.stop()
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = old

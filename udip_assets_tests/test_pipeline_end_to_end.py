@@ -316,6 +316,40 @@ def test_a_chromosome_the_cohort_lacks_is_recorded_not_genotyped_and_left_out(pi
         instance.delete_dynamic_partition("chrom", "2")
 
 
+def test_a_gwas_partition_runs_as_a_slurm_job_and_matches_the_in_process_one(pipeline, slurm_cluster, monkeypatch):
+    """compute=slurm: the chromosome is tested by a batch job on the one-node cluster (Dagster Pipes);
+    its files equal the in-process run's, its hits replace the partition's rows (none duplicated),
+    and the worker's log lines are in the run's event log."""
+    import dagster as dg
+    import pandas as pd
+
+    from udip_assets.cluster.slurm import job_state
+    from udip_assets.defs.gwas import gwas_dir
+    from udip_assets.defs.resources import UdipHome
+    from udip_assets.defs.run import _materialize
+
+    db, instance, _ = pipeline
+    model_id = _one(db, "SELECT DISTINCT model_id FROM gwas_hits WHERE cohort = 'e2e' AND chrom = '6'")
+    folder = gwas_dir(UdipHome(), "e2e", model_id, "6")
+    hits_sql = "SELECT * EXCLUDE (cohort) FROM gwas_hits WHERE cohort = 'e2e' AND chrom = '6' ORDER BY snp, dim"
+    before = read_frame(db, hits_sql), pd.read_parquet(folder / "sumstats.parquet")
+    assert len(before[0]) > 0
+    monkeypatch.setenv("UDIP_COMPUTE", "slurm")
+    keys, key, config = _stage("key:gwas_sumstats", dg.MultiPartitionKey({"cohort": "e2e", "chrom": "6"}))
+    result = _materialize(keys, key, instance, config)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    meta = instance.get_latest_materialization_event(dg.AssetKey("gwas_sumstats")).asset_materialization.metadata
+    assert meta["compute"].value == "slurm"
+    job = job_state(meta["slurm_job_id"].value)
+    assert job.state == "COMPLETED" and job.exit_code == "0:0"
+    logs = [e.message for e in instance.all_logs(result.run_id)]
+    assert any(f"tested {meta['n_variants'].value} variants" in m for m in logs)  # from the job, via Pipes
+    after = read_frame(db, hits_sql), pd.read_parquet(folder / "sumstats.parquet")
+    pd.testing.assert_frame_equal(after[0][["snp", "dim"]], before[0][["snp", "dim"]])  # same rows, once each
+    pd.testing.assert_frame_equal(after[0], before[0], check_exact=False, rtol=1e-9)
+    pd.testing.assert_frame_equal(after[1], before[1], check_exact=False, rtol=1e-5)
+
+
 def test_the_selected_checkpoint_is_registered_and_its_alias_encodes_as_the_checkpoint(pipeline, udip_home):
     import dagster as dg
     from mlflow import MlflowClient

@@ -19,17 +19,18 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from udip_assets.atomic import atomic_path, write_text_atomic, write_tsv_atomic
+from udip_assets.atomic import write_text_atomic, write_tsv_atomic
 from udip_assets.cohort.gwas_inputs import gwas_sample
 from udip_assets.cohort.spec import load_cohort
+from udip_assets.defs.compute import Compute
 from udip_assets.defs.lineage import LINEAGE_IO, ModelRef, one_model
 from udip_assets.defs.metadata import figure, table_metadata
 from udip_assets.defs.partitions import cohort_chrom_partitions, cohort_partitions, genotyped_chromosomes
 from udip_assets.defs.resources import UdipHome
 from udip_assets.genetics.clump import genome_wide_threshold
 from udip_assets.genetics.design import PAPER_CATEGORICAL, PAPER_NUMERIC, CovariateSpec
-from udip_assets.genetics.genotype_stream import PlinkSource
-from udip_assets.genetics.gwas import GwasConfig, fuma_minp_table, lambda_from_histogram, scan_associations
+from udip_assets.genetics.gwas import GwasConfig, fuma_minp_table, lambda_from_histogram
+from udip_assets.genetics.gwas_partition import write_partition_inputs
 from udip_assets.store.schema import GWAS_HITS, MINP, MULTIVARIATE
 from udip_assets.store.warehouse import connect
 
@@ -97,7 +98,7 @@ _BY_COHORT = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=
 @dg.asset(partitions_def=cohort_chrom_partitions, group_name="gwas",
           ins={"udips": dg.AssetIn("udip_embeddings", partition_mapping=_BY_COHORT)},
           kinds={"parquet", "duckdb"}, io_manager_key=LINEAGE_IO)
-def gwas_sumstats(context: dg.AssetExecutionContext, config: GwasAssetConfig, home: UdipHome,
+def gwas_sumstats(context: dg.AssetExecutionContext, config: GwasAssetConfig, home: UdipHome, compute: Compute,
                   udips: ModelRef) -> dg.Output[ModelRef]:
     """Every SNP of one chromosome x every UDIP dim: beta, se, t, p (exact OLS with covariates)."""
     keys = context.partition_key.keys_by_dimension
@@ -114,28 +115,26 @@ def gwas_sumstats(context: dg.AssetExecutionContext, config: GwasAssetConfig, ho
         config.covariate_spec(), split=config.split)
     out = gwas_dir(home, cohort, model_id, chrom)
     started = time.perf_counter()
-    source = PlinkSource(spec.genotypes, sample_iids=list(sample.phenotypes.index), chrom=chrom)
-    result = scan_associations(source, sample.phenotypes, sample.covariates, config.to_domain(),
-                               sumstats_path=out / "sumstats.parquet")
+    # files in, files out: the same worker runs here or as a cluster job (compute); only this step
+    # writes the warehouse
+    write_partition_inputs(out, sample.phenotypes, sample.covariates, config.to_domain())
+    summary, where = compute.run_gwas_partition(context, out, spec.genotypes, chrom,
+                                                job_name=f"udip-gwas-{cohort}-chr{chrom}")
     # the GWAS sample (config.split): the loci's LD is computed over exactly these subjects
     write_text_atomic(out.parent / "samples.txt", "\n".join(sample.phenotypes.index) + "\n")
-    for name, table in (("minp", result.minp), ("multivariate", result.multivariate)):
-        with atomic_path(out / f"{name}.parquet") as tmp:
-            table.to_parquet(tmp, index=False)
-    # the |t| histogram per dim: minp_sumstats sums the chromosomes' for a genome-wide lambda GC
-    with atomic_path(out / "t_histogram.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, t_histogram=result.t_histogram, df_ref=result.df_ref)
     part = {"cohort": cohort, "model_id": model_id, "chrom": chrom}
-    home.write(GWAS_HITS, result.hits.assign(**part), **part)
+    hits = pd.read_parquet(out / "hits.parquet")
+    home.write(GWAS_HITS, hits.assign(**part), **part)
     _register_sumstats_view(home)
     ref = ModelRef(cohort=cohort, model_id=model_id, run_id=udips.run_id, n_dims=sample.phenotypes.shape[1],
                    chrom=chrom)
     return dg.Output(ref, metadata={
-        "n_subjects": result.n_samples, "n_variants": result.n_variants,
+        "n_subjects": summary["n_subjects"], "n_variants": summary["n_variants"],
         "n_dims": sample.phenotypes.shape[1], "n_covariates": sample.covariates.shape[1],
         "covariates": dg.MetadataValue.json(list(sample.covariates.columns)),
         "excluded_subjects": dg.MetadataValue.json(sample.n_excluded),
-        "n_hits": len(result.hits), "seconds": round(time.perf_counter() - started, 2),
+        "n_hits": len(hits), "n_skipped": dg.MetadataValue.json(summary["n_skipped"]),
+        "seconds": round(time.perf_counter() - started, 2), **where,
         "sumstats": dg.MetadataValue.path(str(out / "sumstats.parquet")),
         "config": dg.MetadataValue.json(config.model_dump())})
 
