@@ -382,13 +382,84 @@ def read_oxford_sample(path: Path | str) -> list[str]:
     return [row[col] for row in lines[2:]]
 
 
+def check_bgen_blocks(path: Path | str) -> int:
+    """Walk a BGEN file's header and every variant block; the number of variants.
+
+    cbgen trusts the file: a truncated .bgen (an interrupted copy or download) makes it build a
+    broken index and crash the process (a segmentation fault, no message), or fail later on the
+    first variant past the end. This reads only each block's lengths (never the probabilities)
+    and stops at the first block that does not fit, naming the variant, where it ends and the
+    file's size.
+
+    Raises
+    ------
+    GenotypeError
+        Not a BGEN file, an unknown layout, or a block that runs past the end of the file.
+    """
+    import mmap
+    import struct
+
+    path = Path(path)
+    size = path.stat().st_size
+    if size < 24:
+        raise GenotypeError(f"{path} holds {size} bytes, too few for a BGEN header; is it truncated?")
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        first, header_len, n_variants = struct.unpack_from("<III", buf, 0)
+        magic = bytes(buf[16:20])
+        if first + 4 > size and magic in (b"bgen", b"\0\0\0\0"):
+            raise GenotypeError(f"{path} is truncated: its variants start at byte {first + 4:,} but the file ends "
+                                f"at byte {size:,}; copy or export it again")
+        if magic not in (b"bgen", b"\0\0\0\0") or header_len < 20 or first + 4 > size:
+            raise GenotypeError(f"{path} is not a BGEN file (its header: offset {first}, length {header_len}, "
+                                f"magic {magic!r}); check --bgen")
+        (flags,) = struct.unpack_from("<I", buf, 4 + header_len - 4)
+        layout = (flags >> 2) & 15
+        if layout != 2:
+            raise GenotypeError(f"{path} is BGEN layout {layout} (v1.1 is layout 1); udip reads layout 2, "
+                                "BGEN v1.2 and v1.3: convert it, e.g. plink2 --bgen ... --export bgen-1.2")
+        at, name, index = first + 4, "", 0
+
+        def need(n: int, what: str) -> None:
+            if at + n > size:
+                raise GenotypeError(
+                    f"{path} is truncated: variant {index + 1} of {n_variants}{f' ({name})' if name else ''} needs "
+                    f"{what} up to byte {at + n:,} but the file ends at byte {size:,}; copy or export it again")
+
+        for index in range(n_variants):  # noqa: B007 (need() names the variant by it)
+            name = ""
+            lengths = []
+            for _ in range(3):  # variant id, rsid, chromosome
+                need(2, "its identifiers")
+                (n,) = struct.unpack_from("<H", buf, at)
+                need(2 + n, "its identifiers")
+                lengths.append((at + 2, n))
+                at += 2 + n
+            name = bytes(buf[lengths[1][0]:lengths[1][0] + lengths[1][1]]).decode(errors="replace")
+            need(4, "its position")
+            at += 4
+            need(2, "its allele count")
+            (n_alleles,) = struct.unpack_from("<H", buf, at)
+            at += 2
+            for _ in range(n_alleles):
+                need(4, "its alleles")
+                (n,) = struct.unpack_from("<I", buf, at)
+                need(4 + n, "its alleles")
+                at += 4 + n
+            need(4, "its probability block's length")
+            (n,) = struct.unpack_from("<I", buf, at)
+            need(4 + n, "its probabilities")
+            at += 4 + n
+    return n_variants
+
+
 class BgenSource(GenotypeSource):
     """A BGEN file read through cbgen; dosage = expected count of the allele chosen as ``a1``.
 
     Parameters
     ----------
     path : Path
-        The .bgen file (biallelic diploid variants; layout 1 or 2, any bit depth, zlib or zstd).
+        The .bgen file (biallelic diploid variants; layout 2, i.e. v1.2/v1.3, any bit depth, zlib or
+        zstd).
     sample_path : Path, optional
         Oxford .sample file (IID = ``ID_2``); default the sample IDs stored in the .bgen.
     sample_iids, chrom
@@ -428,6 +499,7 @@ class BgenSource(GenotypeSource):
         path = Path(path)
         if not path.is_file():
             raise GenotypeError(f"BGEN file {path} does not exist; check --bgen")
+        check_bgen_blocks(path)  # before cbgen, which crashes on a truncated file
         own_dir = None if metafile_dir is not None else Path(tempfile.mkdtemp(prefix="udip_bgen_"))
         metafile = Path(metafile_dir or own_dir) / (path.name + ".metafile")
         try:
@@ -440,7 +512,7 @@ class BgenSource(GenotypeSource):
             raise
         except RuntimeError as exc:
             raise GenotypeError(f"cannot read BGEN file {path}: {exc}; "
-                                "check that it is BGEN v1.1/v1.2") from exc
+                                "check that it is BGEN v1.2/v1.3") from exc
         finally:
             if own_dir is not None:
                 shutil.rmtree(own_dir, ignore_errors=True)
@@ -490,7 +562,11 @@ class BgenSource(GenotypeSource):
         out = np.empty((variant_rows.size, self.n_samples), dtype=np.float32)
         with cbgen.bgen_file(self.path) as bgen:
             for k, row in enumerate(variant_rows):
-                gt = bgen.read_genotype(int(self._offsets[row]), precision=64)
+                try:
+                    gt = bgen.read_genotype(int(self._offsets[row]), precision=64)
+                except RuntimeError as exc:  # e.g. a probability block that does not decompress
+                    raise GenotypeError(f"variant {self._file_snps[row]} of {self.path} cannot be decoded "
+                                        f"({exc}); the file is damaged: copy or export it again") from exc
                 out[k] = self._dosage(gt, row)[self._sample_rows]
         return out
 

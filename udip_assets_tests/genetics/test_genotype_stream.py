@@ -3,7 +3,9 @@ with prefetch, and BGEN v1.2 (written here by a minimal writer) against the .bed
 
 from __future__ import annotations
 
+import shutil
 import struct
+import subprocess
 import threading
 import zlib
 from pathlib import Path
@@ -17,6 +19,7 @@ from udip_assets.genetics.genotype_stream import (
     ArraySource,
     BgenSource,
     PlinkSource,
+    check_bgen_blocks,
     prefetch,
     read_oxford_sample,
 )
@@ -205,6 +208,40 @@ def test_bgen_without_sample_ids_needs_a_sample_file(tmp_path, fileset):
     with pytest.raises(GenotypeError, match=r"short\.sample lists 36 samples but .*g\.bgen holds 37"):
         BgenSource(bgen, sample_path=short)
     assert read_oxford_sample(write_oxford_sample(tmp_path / "s.sample", ["x", "y"])) == ["x", "y"]
+
+
+@pytest.mark.parametrize("keep", ["header", "half", "all_but_10_bytes"])
+def test_a_truncated_bgen_is_named_not_a_crash(tmp_path, fileset, keep):
+    """An interrupted copy: cbgen alone crashed the process (segmentation fault) or failed on the last
+    variant with "Could not open genotype"; now the file, the variant and the byte counts are named."""
+    _, iids, d = fileset
+    whole = write_bgen(tmp_path / "g.bgen", iids, d, _variants(90)).read_bytes()
+    cut = {"header": 30, "half": len(whole) // 2, "all_but_10_bytes": len(whole) - 10}[keep]
+    (tmp_path / "t.bgen").write_bytes(whole[:cut])
+    pattern = (r"t\.bgen is truncated: its variants start at byte" if keep == "header" else
+               r"t\.bgen is truncated: variant \d+ of 90 \(rs\d+\) needs its \w[\w ']* up to byte [\d,]+ "
+               rf"but the file ends at byte {cut:,}; copy or export it again")
+    with pytest.raises(GenotypeError, match=pattern):
+        BgenSource(tmp_path / "t.bgen")
+    if keep == "all_but_10_bytes":
+        assert "variant 90 of 90" in str(pytest.raises(GenotypeError, BgenSource, tmp_path / "t.bgen").value)
+    assert check_bgen_blocks(tmp_path / "g.bgen") == 90
+
+
+def test_a_bgen_of_layout_1_is_refused_naming_the_conversion(tmp_path, fileset):
+    """cbgen cannot read BGEN v1.1 (layout 1): say so, and how to convert, instead of 'cannot read'."""
+    prefix, _, _ = fileset
+    plink2 = shutil.which("plink2")
+    if plink2 is None:
+        pytest.skip("plink2 is not on PATH (Debian package plink2)")
+    subprocess.run([plink2, "--bfile", str(prefix), "--export", "bgen-1.1", "--out", str(tmp_path / "v11")],
+                   check=True, capture_output=True)
+    with pytest.raises(GenotypeError, match=r"v11\.bgen is BGEN layout 1 .* udip reads layout 2, BGEN v1\.2 and "
+                                            r"v1\.3: convert it, e\.g\. plink2 --bgen \.\.\. --export bgen-1\.2"):
+        BgenSource(tmp_path / "v11.bgen", sample_path=tmp_path / "v11.sample")
+    subprocess.run([plink2, "--bfile", str(prefix), "--export", "bgen-1.2", "bits=8", "--out", str(tmp_path / "v12")],
+                   check=True, capture_output=True)
+    assert check_bgen_blocks(tmp_path / "v12.bgen") == 90  # what UK Biobank ships: 8-bit, zlib, layout 2
 
 
 def test_gwas_on_bgen_equals_gwas_on_bed(tmp_path, fileset):
