@@ -7,6 +7,7 @@ read at the visit whose scan is kept; sex, genetic PCs and ethnicity come from i
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,18 +48,79 @@ INTEGER_COVARIATES = ("sex", "ethnicity", "centre")
 
 
 def read_ukbb_table(path) -> pd.DataFrame:
-    """Read the covariate CSV (or tab-separated file), ``eid`` as string; fail naming the file."""
+    """Read the covariate CSV (or tab-separated file), ``eid`` as string; fail naming the file.
+
+    Raises
+    ------
+    CovariateError
+        The file cannot be parsed, has no ``eid`` column, lacks a covariate field altogether, or
+        holds text in a covariate column; the message lists every such problem (columns, values
+        and line numbers, never a subject's eid) and the fix.
+    """
     sep = "\t" if str(path).endswith((".tsv", ".tab", ".txt")) else ","
     try:
         df = pd.read_csv(path, sep=sep, dtype={"eid": str})
-    except (OSError, pd.errors.ParserError) as exc:
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise CovariateError(f"cannot read the covariate table {path}: {exc}") from exc
     if "eid" not in df.columns:
         raise CovariateError(
             f"the covariate table {path} has no 'eid' column; its columns start {list(df.columns)[:5]}. "
             "Name the subject id column 'eid' as in a UK Biobank export"
         )
+    problems = [*_missing_fields(df.columns), *_text_in_numbers(df)]
+    if problems:
+        raise CovariateError(
+            f"the covariate table {path} cannot be used: " + "; ".join(problems) + ". Fix the export (UK Biobank "
+            "names columns field-instance.array, e.g. 21003-2.0 for age at the first imaging visit, and codes "
+            "every covariate as a number; leave a value empty when it is unknown) and materialize ingest again"
+        )
     return df
+
+
+def missing_fields(columns) -> list[str]:
+    """The required covariate fields without any column in ``columns``, as 'UKBB name (our name)'."""
+    cols = set(map(str, columns))
+    out = []
+    for f in COVARIATE_FIELDS:
+        if f.optional:
+            continue
+        if f.per_visit:
+            present = any(c.startswith(f"{f.field}-") and c.endswith(f".{f.array}") for c in cols)
+        else:
+            present = f.source_column(0) in cols
+        if not present:
+            out.append(f"{f.source_column(2) if f.per_visit else f.source_column(0)} ({f.column})")
+    return out
+
+
+def _missing_fields(columns) -> list[str]:
+    missing = missing_fields(columns)
+    if not missing:
+        return []
+    return [f"no column for {len(missing)} required field(s): {', '.join(missing)}; its columns start "
+            f"{[c for c in columns if c != 'eid'][:5]}"]
+
+
+def _text_in_numbers(table: pd.DataFrame) -> list[str]:
+    """One problem per covariate column holding values that are neither empty nor numbers."""
+    fields = {f.field: f for f in COVARIATE_FIELDS}
+    out = []
+    for col in table.columns:
+        name = re.fullmatch(r"(\d+)-(\d+)\.(\d+)", str(col))  # field-instance.array
+        field = fields.get(int(name[1])) if name else None
+        if field is None or int(name[3]) != field.array:
+            continue
+        values = table[col]
+        if pd.api.types.is_numeric_dtype(values):
+            continue
+        text = values.astype("string").str.strip()
+        bad = text.notna() & (text != "") & pd.to_numeric(text, errors="coerce").isna()
+        if bad.any():
+            lines = [str(i + 2) for i in np.flatnonzero(bad.to_numpy())[:3]]  # line 1 is the header
+            shown = [str(v) for v in pd.unique(text[bad])[:3]]
+            out.append(f"column {col} ({field.column}) holds text where a number belongs: {', '.join(map(repr, shown))}"
+                       f" on {int(bad.sum())} row(s), first on line(s) {', '.join(lines)}")
+    return out
 
 
 def deduplicate_eids(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:

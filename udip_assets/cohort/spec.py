@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from udip_assets.cohort.covariates import missing_fields
 from udip_assets.errors import CohortSpecError
 from udip_assets.imaging.grids import Grid, grid_for_resolution
 
@@ -224,12 +225,52 @@ def _check_files(raw: dict, root: Path, yml: Path, problems: _Problems) -> None:
             if not f.exists():
                 problems.add(yml, "genotypes.plink", f"the prefix of a {ext} file (PLINK 1 .bed/.bim/.fam)",
                              f"{prefix} without {f.name}", "point genotypes.plink at the fileset prefix")
+        for ext, what in ((".fam", "sample"), (".bim", "variant")):
+            f = prefix.with_name(prefix.name + ext)
+            if f.is_file() and not _has_data_line(f, header=False):
+                problems.add(yml, "genotypes.plink", f"a {ext} file with one line per {what}",
+                             f"{f} (empty)", "export the genotypes again (plink2 --make-bed)")
+    scans = raw.get("scans")
+    scans_dir = _resolve(root, scans.get("dir")) if isinstance(scans, dict) and scans.get("dir") else None
+    if scans_dir is not None and scans_dir.is_dir() and not _has_ukbb_scan_folder(scans_dir):
+        problems.add(yml, "scans.dir", "folders {eid}_20252_{instance}_0 holding T1/T1_brain_to_MNI.nii.gz "
+                     "(UK Biobank's layout of field 20252)", f"{scans_dir} holds none",
+                     "point scans.dir at the folder of the unzipped 20252 downloads, or list the scans in "
+                     "scans.manifest")
+    manifest = _resolve(root, scans.get("manifest")) if isinstance(scans, dict) and scans.get("manifest") else None
+    if manifest is not None and manifest.is_file() and not _has_data_line(manifest, header=True):
+        problems.add(yml, "scans.manifest", "a CSV subject_id,visit,path with a row per scan", f"{manifest} "
+                     "(no rows)", "list the cohort's scans in it")
     covariates = _named_paths(raw, root).get("covariates")
     if covariates is not None and covariates.is_file():
         header = covariates.open().readline().strip().split(",")
         if "eid" not in header:
             problems.add(yml, "covariates", "a CSV whose first line names an 'eid' column (UK Biobank showcase "
                          "field names)", f"columns {header[:6]}", "rename the subject id column to eid")
+        elif missing := missing_fields(header):
+            problems.add(yml, "covariates", "a column for each covariate field, named field-instance.array as "
+                         "in a UK Biobank export", f"{covariates.name} without {', '.join(missing)}",
+                         "add the fields to the export (or rename its columns to the UK Biobank names)")
+        elif not _has_data_line(covariates, header=True):
+            problems.add(yml, "covariates", "a row per subject under the header", f"{covariates} (header only)",
+                         "export the covariates of the cohort's subjects")
+
+
+def _has_data_line(path: Path, header: bool) -> bool:
+    """Whether ``path`` has a non-blank line (after the first one when ``header``); reads at most two."""
+    with open(path, errors="replace") as fh:
+        lines = (line for line in fh if line.strip())
+        if header:
+            next(lines, None)
+        return next(lines, None) is not None
+
+
+def _has_ukbb_scan_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds at least one ``{eid}_20252_{instance}_0`` folder (stops at the first)."""
+    import os
+
+    with os.scandir(folder) as entries:
+        return any(_UKBB_DIR.match(e.name) and e.is_dir() for e in entries)
 
 
 def check_cohort(path: Path | str) -> tuple[CohortSpec | None, list[CohortProblem]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import dagster as dg
+import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -36,6 +37,40 @@ def test_every_problem_is_listed_with_key_expected_found_and_fix(tmp_path):
     with pytest.raises(CohortSpecError, match="5 problem") as err:
         load_cohort(folder)
     assert len(err.value.problems) == 5 and "genotypes.plink" in by_key["genotypes"].fix + by_key["genotypes"].expected
+
+
+def test_a_covariate_table_lacking_fields_is_a_problem_before_any_run(tiny_cohort, tmp_path):
+    """Only its header is read: a renamed age column and no sex column are named, with the fix."""
+    folder = tmp_path / "renamed"
+    shutil.copytree(tiny_cohort.root, folder, ignore=shutil.ignore_patterns("scans"))
+    (folder / "scans").symlink_to(tiny_cohort.root / "scans")
+    table = pd.read_csv(folder / "covariates.csv", dtype=str)
+    table.rename(columns={c: c.replace("21003-", "age-") for c in table.columns}).drop(columns=["31-0.0"]).to_csv(
+        folder / "covariates.csv", index=False)
+    spec, problems = check_cohort(folder)
+    assert spec is None and [p.key for p in problems] == ["covariates"]
+    assert problems[0].found == "covariates.csv without 21003-2.0 (age_years), 31-0.0 (sex)"
+    assert "UK Biobank" in problems[0].expected and "rename" in problems[0].fix
+
+
+def test_an_empty_cohort_is_refused_before_any_run_naming_each_empty_input(tiny_cohort, tmp_path):
+    """No scan folders, a covariate header with no rows, an empty .fam: three problems, not a run that
+    ingests nothing and fails in training."""
+    folder = tmp_path / "empty"
+    shutil.copytree(tiny_cohort.root, folder, ignore=shutil.ignore_patterns("scans"))
+    (folder / "scans").mkdir()
+    (folder / "scans" / "notes.txt").write_text("downloads pending\n")
+    header = (folder / "covariates.csv").read_text().splitlines()[0]
+    (folder / "covariates.csv").write_text(header + "\n\n")
+    fam = tiny_cohort.genotypes.with_name(tiny_cohort.genotypes.name + ".fam")
+    (folder / fam.relative_to(tiny_cohort.root)).write_text("")
+    spec, problems = check_cohort(folder)
+    assert spec is None
+    found = {p.key: p.found for p in problems}
+    assert set(found) == {"scans.dir", "covariates", "genotypes.plink"}, found
+    assert found["scans.dir"].endswith("scans holds none") and found["covariates"].endswith("(header only)")
+    assert found["genotypes.plink"].endswith(".fam (empty)")
+    assert all(p.fix for p in problems)
 
 
 def test_malformed_yaml_and_missing_file_are_problems_not_tracebacks(tmp_path):

@@ -94,3 +94,53 @@ def test_head_size_field_25000_is_read_per_visit_and_optional():
     t["25000-2.0"], t["25000-3.0"] = [1.21, 1.35], [1.22, 1.36]
     cov = covariates_at_visit(t, pd.Series(["1", "2"]), pd.Series([2, 3]))
     assert cov["head_size_scaling"].tolist() == [1.21, 1.36]
+
+
+def test_a_table_without_a_required_field_is_refused_naming_every_missing_column(tmp_path):
+    """A renamed export ('age' for 21003-2.0, no sex column) used to drop every subject as 'missing'."""
+    from udip_assets.cohort.covariates import read_ukbb_table
+    from udip_assets.errors import CovariateError
+
+    table = _covariate_table(["1000", "1001"]).rename(columns={"21003-2.0": "age", "21003-3.0": "age3"})
+    table.drop(columns=["31-0.0"]).to_csv(tmp_path / "cov.csv", index=False)
+    with pytest.raises(CovariateError) as err:
+        read_ukbb_table(tmp_path / "cov.csv")
+    message = str(err.value)
+    assert "cov.csv cannot be used: no column for 2 required field(s): 21003-2.0 (age_years), 31-0.0 (sex)" in message
+    assert "21003-2.0 for age" in message and "materialize ingest again" in message
+
+
+def test_text_in_a_numeric_field_is_refused_naming_column_value_and_line_not_the_subject(tmp_path):
+    """'sixty' as an age, 'F' as a sex: named by column, value and line (an eid is never in the message);
+    empty cells and UK Biobank's negative codes are not text."""
+    from udip_assets.cohort.covariates import read_ukbb_table
+    from udip_assets.errors import CovariateError
+
+    eids = ["1234567", "2345678", "3456789", "4567890"]
+    table = _covariate_table(eids).astype({"21003-2.0": object, "31-0.0": object, "54-2.0": object})
+    table.loc[1, "21003-2.0"] = "sixty"
+    table.loc[[2, 3], "31-0.0"] = ["F", "M"]
+    table.loc[0, "54-2.0"] = ""  # unknown: the subject is dropped later for it, not an error
+    table.loc[3, "25735-2.0"] = -3  # a UK Biobank code is a number
+    table.to_csv(tmp_path / "cov.csv", index=False)
+    with pytest.raises(CovariateError) as err:
+        read_ukbb_table(tmp_path / "cov.csv")
+    message = str(err.value)
+    assert "column 21003-2.0 (age_years) holds text where a number belongs: 'sixty' on 1 row(s), first on line(s) 3" \
+        in message
+    assert "column 31-0.0 (sex) holds text where a number belongs: 'F', 'M' on 2 row(s), first on line(s) 4, 5" \
+        in message
+    assert "54-2.0" not in message and "25735" not in message
+    assert not any(e in message for e in eids)
+    table.loc[1, "21003-2.0"], table.loc[[2, 3], "31-0.0"] = 61.0, [0, 1]
+    table.to_csv(tmp_path / "cov.csv", index=False)
+    assert len(read_ukbb_table(tmp_path / "cov.csv")) == 4
+
+
+def test_conflicting_duplicate_rows_drop_the_subject_with_the_columns_that_differ():
+    table = _covariate_table(["1000", "1001"])
+    table = pd.concat([table, table.iloc[[1]].assign(**{"21003-2.0": 99.0})], ignore_index=True)
+    clean, conflicts = deduplicate_eids(table)
+    assert list(clean["eid"]) == ["1000"]
+    assert conflicts["1001"].startswith("eid 1001 appears 2 times in the covariate table with different values "
+                                        "(columns ['21003-2.0']); fix the export so each eid has one row")
