@@ -154,6 +154,56 @@ def test_a_stopped_and_resumed_run_reaches_the_same_weights(blob_scans, tmp_path
     assert resumed.global_step == full.global_step == 8
 
 
+_TRAIN_AND_WAIT = """
+import json, sys, time, torch
+from udip_assets.model.config import preset
+from udip_assets.model.train import TrainCallback, train_model
+torch.set_num_threads(1)
+args = json.loads(sys.argv[1])
+class Paced(TrainCallback):  # slows the steps down so the kill lands mid-epoch; changes no number
+    def on_step(self, global_step, epoch, step_in_epoch, loss):
+        print(f"step {global_step}", flush=True)
+        time.sleep(0.3)
+model_cfg, cfg = preset("tiny", **args["preset"])
+train_model(model_cfg, cfg, args["train"], args["val"], args["out"], callbacks=[Paced()], show_progress=False)
+"""
+
+
+def test_sigkill_mid_epoch_then_a_rerun_reaches_the_weights_of_an_uninterrupted_run(blob_scans, tmp_path):
+    """A real SIGKILL of the training process (no exception handler runs) in the middle of epoch 1, with
+    a checkpoint written after every step; the re-run resumes from the last complete one."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    kwargs = {"epochs": 2, "dropout": 0.1, "checkpoint_every_steps": 1, "seed": 5, "lr_step_epochs": 1}
+    model_cfg, cfg = preset("tiny", **kwargs)
+    paths = ([str(p) for p in blob_scans["train"]], [str(p) for p in blob_scans["val"]])
+    full = train_model(model_cfg, cfg, *paths, tmp_path / "a", show_progress=False)
+    out = tmp_path / "b"
+    args = json.dumps({"preset": kwargs, "train": paths[0], "val": paths[1], "out": str(out)})
+    proc = subprocess.Popen([sys.executable, "-c", _TRAIN_AND_WAIT, args], stdout=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.strip() == "step 6":  # epoch 1 runs steps 5-8
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    stopped = read_checkpoint(out / "last.pt")
+    assert stopped["epoch"] == 1 and 0 < stopped["step_in_epoch"] < 4  # mid-epoch, and readable
+    resumed = train_model(model_cfg, cfg, *paths, out, show_progress=False)
+    a, b = read_checkpoint(full.last_path), read_checkpoint(resumed.last_path)
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    assert _without_timing(a["history"]) == _without_timing(b["history"]) and resumed.global_step == 8
+
+
 def test_dropout_makes_the_seed_matter(blob_scans, tmp_path):
     """The resume test is not vacuous: with dropout another seed for the epochs gives other weights."""
     model_cfg, cfg = preset("tiny", epochs=1, dropout=0.1)
