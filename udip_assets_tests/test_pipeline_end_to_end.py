@@ -456,3 +456,35 @@ def test_a_run_never_mixes_model_ids(pipeline):
     assert _one(db, f"SELECT count(*) FROM minp WHERE model_id = '{other}'") > 1000
     meta = instance.get_latest_materialization_event(dg.AssetKey("minp_sumstats")).asset_materialization.metadata
     assert meta["model_id"].value == other
+
+
+def test_training_on_two_processes_through_torchrun_equals_one_process_over_both_batches(pipeline):
+    """nproc_per_node=2: vit_ae_model runs torchrun (gloo on CPU) through Dagster Pipes, rank 0 logs and
+    reports; two processes of 2 scans per step train the weights of the pipeline's one process of 4."""
+    import dagster as dg
+    import torch
+
+    from udip_assets.defs.run import _materialize
+    from udip_assets.model.checkpoint import read_checkpoint
+
+    db, instance, _ = pipeline
+    single = read_frame(db, "SELECT run_id, path FROM checkpoints WHERE cohort = 'e2e' AND epoch = 4")
+    assert len(single) == 1
+    config = {"ops": {"vit_ae_model": {"config": {**RUN_CONFIG["ops"]["vit_ae_model"]["config"], "batch_size": 2,
+                                                  "nproc_per_node": 2}}}}
+    keys, key, config = _stage("key:vit_ae_model", "e2e", config)
+    result = _materialize(keys, key, instance, config)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    meta = instance.get_latest_materialization_event(dg.AssetKey("vit_ae_model")).asset_materialization.metadata
+    ddp_run = meta["training_run"].value
+    assert ddp_run != single["run_id"][0] and meta["epochs"].value == 4
+    logs = [e.message for e in instance.all_logs(result.run_id)]
+    assert any("torchrun: 2 processes" in m for m in logs)
+    assert sum(m.startswith("epoch ") and " val " in m for m in logs) == 4  # rank 0 only, through Pipes
+    assert _one(db, f"SELECT count(*) FROM training_epochs WHERE run_id = '{ddp_run}'") == 4
+    a = read_checkpoint(single["path"][0])
+    b = read_checkpoint(_one(db, f"SELECT path FROM checkpoints WHERE run_id = '{ddp_run}' AND epoch = 4"))
+    for name in a["model"]:
+        torch.testing.assert_close(b["model"][name], a["model"][name], rtol=1e-3, atol=1e-4, msg=name)
+    np.testing.assert_allclose([h["val_loss"] for h in b["history"]], [h["val_loss"] for h in a["history"]],
+                               rtol=1e-4)

@@ -1,13 +1,22 @@
-"""The command a cluster job runs: ``python -m udip_assets.cluster.worker <task>``, reporting through Pipes.
+"""The command a job runs: ``python -m udip_assets.cluster.worker <task>``, reporting through Dagster Pipes.
 
-Each task reads its parameters from the Pipes extras, works on files only (never the warehouse),
-logs through ``pipes.log`` (so its lines reach the Dagster event log while it runs) and reports
-its summary as one custom message, which the orchestrating step turns into metadata.
+Each task works on files only (never the warehouse), logs through ``pipes.log`` (so its lines
+reach the Dagster event log while it runs) and reports its summary as one custom message, which
+the orchestrating step turns into its result and metadata.
+
+- ``gwas``: one chromosome partition (:mod:`udip_assets.genetics.gwas_partition`); parameters in
+  the Pipes extras.
+- ``train``: ViT-AE training, on one process or as every rank of ``torchrun``; parameters in the
+  JSON file ``$UDIP_TRAIN_SPEC`` (every rank reads it). Only rank 0 opens Pipes, logs and reports;
+  the other ranks train their share and exit.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+from pathlib import Path
 
 from dagster_pipes import open_dagster_pipes
 
@@ -19,16 +28,36 @@ def _gwas(pipes) -> dict:
     return run_partition(extras["out"], extras["genotypes"], str(extras["chrom"]), log=pipes.log.info)
 
 
-TASKS = {"gwas": _gwas}
+def _train(log) -> dict:
+    from udip_assets.model.config import ModelConfig, TrainConfig
+    from udip_assets.model.train import TrainCallback, train_model
+
+    spec = json.loads(Path(os.environ["UDIP_TRAIN_SPEC"]).read_text())
+
+    class Report(TrainCallback):
+        def on_epoch_end(self, m) -> None:
+            if log is not None:
+                log(f"epoch {m.epoch}: train {m.train_loss:.4f} val {m.val_loss:.4f} lr {m.lr:.2e} "
+                    f"{m.scans_per_s:.1f} scans/s")
+
+    result = train_model(ModelConfig.from_dict(spec["model"]), TrainConfig.from_dict(spec["train"]),
+                         spec["train_paths"], spec["val_paths"], spec["out_dir"], device=spec["device"],
+                         callbacks=[Report()], show_progress=False)
+    return result.to_json()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0] not in TASKS:
-        print(f"usage: python -m udip_assets.cluster.worker {{{','.join(TASKS)}}}", file=sys.stderr)
+    if len(argv) != 1 or argv[0] not in ("gwas", "train"):
+        print("usage: python -m udip_assets.cluster.worker {gwas,train}", file=sys.stderr)
         return 2
+    task = argv[0]
+    if task == "train" and int(os.environ.get("RANK", "0")) != 0:
+        _train(log=None)  # a torchrun rank other than 0: trains, reports nothing
+        return 0
     with open_dagster_pipes() as pipes:
-        pipes.report_custom_message({"task": argv[0], "summary": TASKS[argv[0]](pipes)})
+        summary = _gwas(pipes) if task == "gwas" else _train(log=pipes.log.info)
+        pipes.report_custom_message({"task": task, "summary": summary})
     return 0
 
 

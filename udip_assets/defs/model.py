@@ -10,14 +10,17 @@ summarises the per-scan losses of those UDIPs.
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
+from udip_assets.atomic import write_text_atomic
 from udip_assets.cohort.spec import load_cohort
 from udip_assets.defs.cohort_defaults import with_cohort_defaults
 from udip_assets.defs.lineage import LINEAGE_IO, OPTIONAL, ModelRef
@@ -30,7 +33,7 @@ from udip_assets.interpret.qc import effective_rank, extreme_outliers, loss_figu
 from udip_assets.model.checkpoint import epoch_checkpoint_name, load_checkpoint, model_id_for
 from udip_assets.model.config import preset
 from udip_assets.model.extract import extract_udips, reconstruction_figure
-from udip_assets.model.train import TrainCallback, train_model
+from udip_assets.model.train import EpochMetrics, TrainCallback, train_model
 from udip_assets.store.schema import (
     CHECKPOINTS,
     SWEEP_UDIPS,
@@ -63,6 +66,8 @@ class ModelAssetConfig(dg.Config):
     dec_heads: int | None = None
     patch: list[int] | None = None
     overrides_json: str = "{}"
+    # > 1: train with DDP on this many processes (torchrun, through Dagster Pipes); batch_size is per process
+    nproc_per_node: int = 1
 
     def overrides(self) -> dict:
         """The fields to override: the typed ones that are set, then ``overrides_json``'s."""
@@ -132,10 +137,15 @@ def resolve_device(name: str) -> str:
 _RESUMABLE_FIELDS = ("epochs", "checkpoint_every", "checkpoint_every_steps", "num_workers")
 
 
-def training_run_id(cohort: str, model_cfg, train_cfg) -> str:
-    """A stable id of (cohort, resolved configuration): the same config resumes the same run."""
+def training_run_id(cohort: str, model_cfg, train_cfg, world_size: int = 1) -> str:
+    """A stable id of (cohort, resolved configuration, processes): the same config resumes the same run.
+
+    The number of DDP processes is part of it (each trains ``batch_size`` scans per step, and exact
+    resume needs the same number); a single-process run's id is as it always was.
+    """
     train = {k: v for k, v in train_cfg.to_dict().items() if k not in _RESUMABLE_FIELDS}
-    blob = json.dumps({"cohort": cohort, "model": model_cfg.to_dict(), "train": train}, sort_keys=True)
+    run = {"cohort": cohort, "model": model_cfg.to_dict(), "train": train}
+    blob = json.dumps(run if world_size == 1 else {**run, "world_size": world_size}, sort_keys=True)
     return f"{cohort}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
@@ -153,10 +163,13 @@ class _Recorder(TrainCallback):
     def __init__(self, tracked, log) -> None:
         self.tracked, self.log = tracked, log
 
-    def on_epoch_end(self, m) -> None:
+    def log_metrics(self, m) -> None:
         metrics = {"train_loss": m.train_loss, "val_loss": m.val_loss, "lr": m.lr, "seconds": m.seconds,
                    "scans_per_s": m.scans_per_s}
         self.tracked.log_metrics({k: v for k, v in metrics.items() if v is not None}, step=m.epoch)
+
+    def on_epoch_end(self, m) -> None:
+        self.log_metrics(m)
         self.log.info(f"epoch {m.epoch}: train {m.train_loss:.4f} val {m.val_loss:.4f} lr {m.lr:.2e} "
                       f"{m.scans_per_s:.1f} scans/s")
 
@@ -174,7 +187,9 @@ def vit_ae_model(context: dg.AssetExecutionContext, config: ModelAssetConfig, ho
     cached = home.query("SELECT DISTINCT shape FROM preprocessed_scans WHERE cohort = ? AND status = 'ok'", [cohort])
     check_model_fits(cohort, model_cfg, preset_name, set(cached["shape"]))
     device = resolve_device(config.device)
-    run_id = training_run_id(cohort, model_cfg, train_cfg)
+    if config.nproc_per_node < 1:
+        raise dg.Failure(f"nproc_per_node must be >= 1, got {config.nproc_per_node}")
+    run_id = training_run_id(cohort, model_cfg, train_cfg, world_size=config.nproc_per_node)
     scans = split_scans(home, cohort, ("train", "val"))
     train, val = scans[scans["split"] == "train"], scans[scans["split"] == "val"]
     if train.empty or val.empty:
@@ -189,8 +204,14 @@ def vit_ae_model(context: dg.AssetExecutionContext, config: ModelAssetConfig, ho
     tags = {"cohort": cohort, "preset": preset_name, "training_run": run_id, "dagster_run_id": context.run.run_id}
     with mlflow.start_run(run_id, params=params, tags=tags, resume_tag="training_run") as tracked:
         rec = _Recorder(tracked, context.log)
-        result = train_model(model_cfg, train_cfg, train["cache_path"].tolist(), val["cache_path"].tolist(),
-                             out_dir, device=device, callbacks=[rec])
+        if config.nproc_per_node > 1:
+            result = train_with_torchrun(context, config.nproc_per_node, model_cfg, train_cfg, train, val,
+                                         out_dir, device)
+            for epoch in result.history:  # rank 0 logged each epoch through Pipes as it ended
+                rec.log_metrics(EpochMetrics(**epoch))
+        else:
+            result = train_model(model_cfg, train_cfg, train["cache_path"].tolist(), val["cache_path"].tolist(),
+                                 out_dir, device=device, callbacks=[rec])
         figure = reconstruction_figure(load_checkpoint(result.best_path, device=device).model,
                                        val["cache_path"].tolist()[:2], ["validation scan A", "validation scan B"],
                                        out_dir / "reconstruction.png")
@@ -209,6 +230,35 @@ def vit_ae_model(context: dg.AssetExecutionContext, config: ModelAssetConfig, ho
         "reconstruction": inline_figure(figure, "validation reconstructions"), "n_train": len(train),
         "n_val": len(val), "mlflow_run": dg.MetadataValue.url(mlflow.run_url(mlflow_run)),
         **table_metadata(home, CHECKPOINTS, cohort=cohort, run_id=run_id)})
+
+
+def train_with_torchrun(context: dg.AssetExecutionContext, nproc: int, model_cfg, train_cfg, train: pd.DataFrame,
+                        val: pd.DataFrame, out_dir: Path, device: str):
+    """Train on ``nproc`` DDP processes: ``torchrun`` runs the worker's ``train`` task through Dagster Pipes.
+
+    Every rank reads the run's spec (configs, scan lists, folder, device) from a JSON file in
+    ``out_dir``; rank 0 writes the checkpoints, logs each epoch to the run's event log as it ends
+    and reports the :class:`~udip_assets.model.train.TrainResult`. A run stopped part-way resumes
+    from ``last.pt`` like a single-process one (with the same number of processes).
+    """
+    import sys
+
+    from udip_assets.model.train import TrainResult
+
+    spec = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "train_paths": train["cache_path"].tolist(),
+            "val_paths": val["cache_path"].tolist(), "out_dir": str(out_dir), "device": device}
+    spec_path = write_text_atomic(out_dir / "torchrun_spec.json", json.dumps(spec, indent=1))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "udip_assets.cluster.worker", "train"]
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    context.log.info(f"torchrun: {nproc} processes x {threads} thread(s) on {device}")
+    env = {"UDIP_TRAIN_SPEC": str(spec_path), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    done = dg.PipesSubprocessClient(env=env).run(context=context, command=command)
+    reports = [m for m in done.get_custom_messages() if isinstance(m, dict) and m.get("task") == "train"]
+    if not reports:
+        raise dg.Failure(f"torchrun ({nproc} processes) ended without rank 0 reporting its result; see the "
+                         "run's stderr log")
+    return TrainResult.from_json(reports[-1]["summary"])
 
 
 def _write_training_tables(home, cohort, run_id, result, mlflow_run, model_cfg, train_cfg) -> None:

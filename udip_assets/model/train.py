@@ -158,6 +158,22 @@ class TrainResult:
     checkpoints: dict[int, Path] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
 
+    def to_json(self) -> dict:
+        """A JSON-serialisable dict (paths as strings), the inverse of :meth:`from_json`."""
+        out = asdict(self)
+        for key in ("run_dir", "best_path", "last_path"):
+            out[key] = None if out[key] is None else str(out[key])
+        out["checkpoints"] = {str(epoch): str(path) for epoch, path in self.checkpoints.items()}
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainResult:
+        data = dict(data)
+        for key in ("run_dir", "best_path", "last_path"):
+            data[key] = None if data[key] is None else Path(data[key])
+        data["checkpoints"] = {int(epoch): Path(path) for epoch, path in data["checkpoints"].items()}
+        return cls(**data)
+
 
 # -------------------------------------------------------------------------------- distribution
 @dataclass(frozen=True)
