@@ -118,6 +118,20 @@ def check(cohort: str) -> None:
     click.echo(f"{folder / 'cohort.yaml'}: ok")
 
 
+@main.command("deploy-check")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path), default="deploy/k8s")
+def deploy_check(folder: Path) -> None:
+    """Check a Kubernetes deployment (its dagster.yaml and Helm values.yaml) against Dagster's config schema."""
+    from udip_assets.cluster.k8s import check_deployment
+
+    problems, placeholders = check_deployment(folder)
+    if problems:
+        raise click.ClickException("\n".join(problems))
+    if placeholders:
+        click.echo(f"checked with placeholders for {', '.join(placeholders)}: the pods must have them")
+    click.echo(f"{folder}: ok (dagster.yaml and values.yaml validate against Dagster's config schema)")
+
+
 def knob_run_config(train_count: int | None, val_count: int | None, preset: str | None, epochs: int | None,
                     overrides: str | None, sweep_every: int | None = None) -> dict:
     """Dagster run config for the split and model options of ``udip materialize`` (empty when none is given)."""

@@ -4,7 +4,7 @@ import dagster as dg
 
 from udip_assets.defs.automation import automation_sensor, with_automation
 from udip_assets.defs.checks import ingest_checks, result_checks
-from udip_assets.defs.compute import Compute
+from udip_assets.defs.compute import Compute, run_executor
 from udip_assets.defs.dbt import dbt_annotations, dbt_resource
 from udip_assets.defs.gwas import gwas_assets
 from udip_assets.defs.ingest import ingest_assets
@@ -30,7 +30,6 @@ defs = dg.Definitions(
     jobs=[ingest_job],
     sensors=[new_cohort_sensor, automation_sensor],
     resources=resources,
-    # One step at a time, in the run's process: torch and BLAS steps each use every core, so parallel
-    # steps on one machine only thrash, and a process per step would re-import torch for each.
-    executor=dg.in_process_executor,
+    # In the run's process (one step at a time), or a Kubernetes job per step under UDIP_COMPUTE=k8s.
+    executor=run_executor(),
 )

@@ -22,7 +22,7 @@ import pandas as pd
 from udip_assets.atomic import write_text_atomic, write_tsv_atomic
 from udip_assets.cohort.gwas_inputs import gwas_sample
 from udip_assets.cohort.spec import load_cohort
-from udip_assets.defs.compute import Compute
+from udip_assets.defs.compute import CPU_STEP, Compute, step_tags
 from udip_assets.defs.lineage import LINEAGE_IO, ModelRef, one_model
 from udip_assets.defs.metadata import figure, table_metadata
 from udip_assets.defs.partitions import cohort_chrom_partitions, cohort_partitions, genotyped_chromosomes
@@ -97,7 +97,7 @@ _BY_COHORT = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=
 
 @dg.asset(partitions_def=cohort_chrom_partitions, group_name="gwas",
           ins={"udips": dg.AssetIn("udip_embeddings", partition_mapping=_BY_COHORT)},
-          kinds={"parquet", "duckdb"}, io_manager_key=LINEAGE_IO)
+          kinds={"parquet", "duckdb"}, io_manager_key=LINEAGE_IO, op_tags=step_tags(CPU_STEP))
 def gwas_sumstats(context: dg.AssetExecutionContext, config: GwasAssetConfig, home: UdipHome, compute: Compute,
                   udips: ModelRef) -> dg.Output[ModelRef]:
     """Every SNP of one chromosome x every UDIP dim: beta, se, t, p (exact OLS with covariates)."""

@@ -16,6 +16,7 @@ import pandas as pd
 
 from udip_assets.cohort.spec import load_cohort
 from udip_assets.defs.cohort_defaults import with_cohort_defaults
+from udip_assets.defs.compute import GPU_STEP, step_tags
 from udip_assets.defs.lineage import LINEAGE_IO, ModelRef
 from udip_assets.defs.metadata import figure, table_metadata
 from udip_assets.defs.model import checkpoint_row, resolve_device, split_scans
@@ -68,7 +69,7 @@ def locus_dims(home: UdipHome, cohort: str, model_id: str) -> list[int]:
 
 
 @dg.asset(partitions_def=cohort_partitions, group_name="interpret", ins={"model": dg.AssetIn("minp_sumstats")},
-          deps=["genomic_risk_loci"], kinds={"nifti", "duckdb"}, io_manager_key=LINEAGE_IO)
+          deps=["genomic_risk_loci"], kinds={"nifti", "duckdb"}, io_manager_key=LINEAGE_IO, op_tags=step_tags(GPU_STEP))
 def perdi_maps(context: dg.AssetExecutionContext, config: PerdiConfig, home: UdipHome,
                model: ModelRef) -> dg.Output[ModelRef]:
     """PerDI: voxelwise paired t of the decoder's response to +1 SD on each chosen dim (NIfTI + PNG per dim)."""
@@ -155,7 +156,7 @@ class AttentionConfig(dg.Config):
 
 
 @dg.asset(partitions_def=cohort_partitions, group_name="interpret", ins={"embedded": dg.AssetIn("udip_embeddings")},
-          kinds={"pytorch", "duckdb"})
+          kinds={"pytorch", "duckdb"}, op_tags=step_tags(GPU_STEP))
 def attention_maps(context: dg.AssetExecutionContext, config: AttentionConfig, home: UdipHome,
                    embedded: ModelRef) -> dg.MaterializeResult:
     """Spotlight tokens (patches most others attend to), patch-embedding correlations, W_K^T W_Q spectra."""
@@ -207,7 +208,7 @@ class SaliencyConfig(dg.Config):
 
 
 @dg.asset(partitions_def=cohort_partitions, group_name="interpret", ins={"maps": dg.AssetIn("perdi_maps")},
-          kinds={"pytorch", "nifti"})
+          kinds={"pytorch", "nifti"}, op_tags=step_tags(GPU_STEP))
 def saliency_maps(context: dg.AssetExecutionContext, config: SaliencyConfig, home: UdipHome,
                   maps: ModelRef) -> dg.MaterializeResult:
     """SmoothGrad of a UDIP dim w.r.t. the input, and original vs reconstruction vs |difference| of two scans."""

@@ -23,6 +23,7 @@ import pandas as pd
 from udip_assets.atomic import write_text_atomic
 from udip_assets.cohort.spec import load_cohort
 from udip_assets.defs.cohort_defaults import with_cohort_defaults
+from udip_assets.defs.compute import GPU_STEP, step_tags
 from udip_assets.defs.lineage import LINEAGE_IO, OPTIONAL, ModelRef
 from udip_assets.defs.metadata import figure as inline_figure
 from udip_assets.defs.metadata import table_metadata
@@ -175,7 +176,7 @@ class _Recorder(TrainCallback):
 
 
 @dg.asset(partitions_def=cohort_partitions, group_name="model", deps=["preprocessed_scans"],
-          kinds={"pytorch", "mlflow", "duckdb"}, io_manager_key=LINEAGE_IO)
+          kinds={"pytorch", "mlflow", "duckdb"}, io_manager_key=LINEAGE_IO, op_tags=step_tags(GPU_STEP))
 def vit_ae_model(context: dg.AssetExecutionContext, config: ModelAssetConfig, home: UdipHome,
                  mlflow: MlflowTracking) -> dg.Output[ModelRef]:
     """Train the ViT autoencoder on the cohort's train split, validating on its val split."""
@@ -366,7 +367,7 @@ def choose_model(context, home: UdipHome, config: EmbeddingConfig, trained: Mode
 @dg.asset(partitions_def=cohort_partitions, group_name="model", deps=["preprocessed_scans"],
           ins={"trained": dg.AssetIn("vit_ae_model", metadata=OPTIONAL),
                "selected": dg.AssetIn("checkpoint_loci_sweep", metadata=OPTIONAL)},
-          kinds={"pytorch", "duckdb"}, io_manager_key=LINEAGE_IO)
+          kinds={"pytorch", "duckdb"}, io_manager_key=LINEAGE_IO, op_tags=step_tags(GPU_STEP))
 def udip_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, home: UdipHome,
                     mlflow: MlflowTracking, trained: ModelRef | None,
                     selected: ModelRef | None) -> dg.Output[ModelRef]:

@@ -22,6 +22,7 @@ from udip_assets.cohort.gwas_inputs import gwas_sample
 from udip_assets.cohort.model_selection import SweepPoint, loci_of_samples, patience_stop, select_by_loci
 from udip_assets.cohort.spec import load_cohort
 from udip_assets.defs.cohort_defaults import with_cohort_defaults
+from udip_assets.defs.compute import GPU_STEP, step_tags
 from udip_assets.defs.gwas import GwasAssetConfig
 from udip_assets.defs.lineage import LINEAGE_IO, ModelRef
 from udip_assets.defs.loci import LociConfig
@@ -47,7 +48,7 @@ class SweepConfig(dg.Config):
 
 
 @dg.asset(partitions_def=cohort_partitions, group_name="model", ins={"trained": dg.AssetIn("vit_ae_model")},
-          kinds={"pytorch", "duckdb"}, io_manager_key=LINEAGE_IO)
+          kinds={"pytorch", "duckdb"}, io_manager_key=LINEAGE_IO, op_tags=step_tags(GPU_STEP))
 def checkpoint_loci_sweep(context: dg.AssetExecutionContext, config: SweepConfig, home: UdipHome,
                           mlflow: MlflowTracking, trained: ModelRef) -> dg.Output[ModelRef]:
     """Loci count per checkpoint (every k epochs) on a selection cohort; the best is the cohort's model."""
