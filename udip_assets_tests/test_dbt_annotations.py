@@ -133,3 +133,50 @@ def test_a_cohort_build_replaces_that_cohorts_rows_only(built, tmp_path):
     assert annotated.groupby("cohort")["locus"].apply(list).to_dict() == {"c": [1, 3, 4, 5], "d": [1]}
     assert read_frame(db, "SELECT locus FROM novel_loci WHERE cohort = 'c' ORDER BY 1")["locus"].tolist() == [4]
     assert read_frame(db, "SELECT count(*) AS n FROM novel_loci WHERE cohort = 'd'")["n"].item() == 1
+
+
+MARTS = ("loci_annotated", "novel_loci", "loci_by_dim")
+
+
+def _marts(db: Path) -> dict[str, pd.DataFrame]:
+    return {m: read_frame(db, f"SELECT * FROM {m} ORDER BY ALL").reset_index(drop=True) for m in MARTS}
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 1.5])
+def test_sigkill_mid_build_then_a_rebuild_gives_the_marts_of_an_uninterrupted_build(built, tmp_path, delay_s):
+    """``dbt build`` killed with SIGKILL once its first incremental mart has started (the marts part
+    replaced, part not; no handler runs): the next build leaves exactly the marts of a build that was
+    never interrupted, no duplicate and no missing row."""
+    import shutil
+    import signal
+    import time
+
+    db = tmp_path / "warehouse.duckdb"
+    shutil.copy(built[0], db)
+    loci = read_frame(db, "SELECT * FROM genomic_risk_loci WHERE cohort = 'c' AND \"GenomicLocus\" <> 2")
+    write_partition(db, GENOMIC_RISK_LOCI, loci, PART)
+    reference = tmp_path / "reference.duckdb"
+    shutil.copy(db, reference)
+    assert _dbt_build(reference, tmp_path / "t-ref", cohort="c").returncode == 0
+    want = _marts(reference)
+    assert len(want["loci_annotated"]) == 4  # the build did change the marts (locus 2 is gone)
+
+    cmd = [str(Path(sys.executable).parent / "dbt"), "build", "--project-dir", str(DBT_PROJECT_DIR),
+           "--profiles-dir", str(DBT_PROJECT_DIR), "--target-path", str(tmp_path / "t-kill"),
+           "--vars", json.dumps({"cohort": "c"})]
+    victim = subprocess.Popen(cmd, env={**os.environ, "UDIP_WAREHOUSE": str(db)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in victim.stdout:
+        seen.append(line)
+        if "START sql incremental model" in line:
+            break
+    time.sleep(delay_s)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(30)
+    assert victim.returncode == -signal.SIGKILL, "".join(seen)[-2000:]
+    proc = _dbt_build(db, tmp_path / "t-rerun", cohort="c")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    got = _marts(db)
+    for mart in MARTS:
+        pd.testing.assert_frame_equal(got[mart], want[mart], check_dtype=False, obj=mart)
