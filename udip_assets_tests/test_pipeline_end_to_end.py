@@ -488,3 +488,71 @@ def test_training_on_two_processes_through_torchrun_equals_one_process_over_both
         torch.testing.assert_close(b["model"][name], a["model"][name], rtol=1e-3, atol=1e-4, msg=name)
     np.testing.assert_allclose([h["val_loss"] for h in b["history"]], [h["val_loss"] for h in a["history"]],
                                rtol=1e-4)
+
+
+_EXTRACT_CHILD = r"""
+import sys
+import dagster as dg
+import udip_assets.defs.model as model_defs
+from udip_assets.defs.run import materialize_cohort
+
+encode = model_defs.encode_scans
+
+def announced(*args, **kwargs):
+    print("ENCODING", flush=True)
+    return encode(*args, **kwargs)
+
+model_defs.encode_scans = announced
+config = {"ops": {"udip_embeddings": {"config": {"model_id": sys.argv[1], "splits": ["inference", "val"],
+                                                 "device": "cpu"}}}}
+result = materialize_cohort("e2e", selection="key:udip_embeddings", run_config=config,
+                            instance=dg.DagsterInstance.ephemeral())
+print("DONE" if result.success else "FAILED", flush=True)
+"""
+
+
+def test_sigkill_mid_extraction_leaves_the_previous_udips_and_a_rerun_encodes_every_scan(pipeline, udip_home,
+                                                                                        tmp_path):
+    """udip_embeddings killed with SIGKILL while it encodes (a second process, no handler runs): the
+    checkpoint's UDIP rows are those from before; the re-run writes every scan once, and the scans
+    the loci sweep also encoded get the sweep's UDIPs bit for bit (a UDIP does not depend on its batch)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db, _, _ = pipeline
+    chosen = _one(db, "SELECT model_id FROM model_selection WHERE cohort = 'e2e' AND selected")
+    other = _one(db, f"SELECT model_id FROM model_selection WHERE cohort = 'e2e' AND model_id <> '{chosen}'")
+    rows_of = f"SELECT * FROM udips WHERE cohort = 'e2e' AND model_id = '{other}' ORDER BY subject_id"
+    before = read_frame(db, rows_of)
+    env = {**os.environ, "UDIP_HOME": str(udip_home), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-c", _EXTRACT_CHILD, other]
+    err = tmp_path / "victim.err"
+    with err.open("w") as stderr:
+        victim = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    lines = []
+    for line in victim.stdout:
+        lines.append(line.strip())
+        if line.strip() == "ENCODING":
+            break
+    time.sleep(0.5)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(30)
+    assert victim.returncode == -signal.SIGKILL and lines[-1:] == ["ENCODING"], (lines, err.read_text()[-3000:])
+    after_kill = read_frame(db, rows_of)
+    assert after_kill.equals(before)
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "DONE" in done.stdout, done.stderr[-3000:]
+    rows = read_frame(db, rows_of)
+    wanted = read_frame(db, "SELECT subject_id, split FROM subjects WHERE cohort = 'e2e' AND kept "
+                            "AND split IN ('inference', 'val') ORDER BY subject_id")
+    assert rows["subject_id"].tolist() == wanted["subject_id"].tolist()  # each scan once, none missing
+    sweep = read_frame(db, f"SELECT * FROM sweep_udips WHERE cohort = 'e2e' AND model_id = '{other}' "
+                           "ORDER BY subject_id")
+    assert len(sweep) > 100
+    common = rows.set_index("subject_id").loc[sweep["subject_id"]]
+    cols = [c for c in UDIP_COLUMNS if sweep[c].notna().all()]
+    np.testing.assert_array_equal(common[cols].to_numpy(), sweep[cols].to_numpy())
