@@ -556,3 +556,46 @@ def test_sigkill_mid_extraction_leaves_the_previous_udips_and_a_rerun_encodes_ev
     common = rows.set_index("subject_id").loc[sweep["subject_id"]]
     cols = [c for c in UDIP_COLUMNS if sweep[c].notna().all()]
     np.testing.assert_array_equal(common[cols].to_numpy(), sweep[cols].to_numpy())
+
+
+def test_training_runs_as_a_slurm_job_and_trains_the_weights_of_the_in_process_run(pipeline, slurm_cluster,
+                                                                                    monkeypatch, tmp_path):
+    """compute=slurm: vit_ae_model submits the worker's train task as a batch job (Dagster Pipes); the
+    epochs it logs reach the run's event log, and from scratch it trains the weights the pipeline's
+    in-process training wrote. (Last in the module: it retrains a run the other tests read.)"""
+    import shutil
+
+    import dagster as dg
+    import torch
+
+    from udip_assets.defs.run import _materialize
+    from udip_assets.model.checkpoint import read_checkpoint
+
+    db, instance, _ = pipeline
+    chosen = _one(db, "SELECT model_id FROM model_selection WHERE cohort = 'e2e' AND selected")
+    run_id = _one(db, f"SELECT run_id FROM checkpoints WHERE model_id = '{chosen}'")
+    paths = read_frame(db, f"SELECT epoch, path FROM checkpoints WHERE run_id = '{run_id}' ORDER BY epoch")
+    assert paths["epoch"].tolist() == [2, 4]
+    reference = {e: read_checkpoint(p)["model"] for e, p in zip(paths["epoch"], paths["path"], strict=True)}
+    out_dir = Path(paths["path"][0]).parent
+    kept = tmp_path / "in-process"
+    shutil.move(out_dir, kept)  # so the job trains the same run from its first epoch
+    try:
+        monkeypatch.setenv("UDIP_COMPUTE", "slurm")
+        only_training = {"ops": {"vit_ae_model": RUN_CONFIG["ops"]["vit_ae_model"]}}
+        keys, key, config = _stage("key:vit_ae_model", "e2e", only_training)
+        result = _materialize(keys, key, instance, config)
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+        meta = instance.get_latest_materialization_event(dg.AssetKey("vit_ae_model")).asset_materialization.metadata
+        assert meta["training_run"].value == run_id and meta["epochs"].value == 4
+        logs = [e.message for e in instance.all_logs(result.run_id)]
+        assert any(m.startswith("submitted SLURM job") for m in logs)
+        assert sum(m.startswith("epoch ") and " val " in m for m in logs) == 4  # from the job, through Pipes
+        assert (out_dir / "job").is_dir() and list((out_dir / "job").glob("slurm-*.out"))
+        for epoch, path in zip(paths["epoch"], paths["path"], strict=True):
+            trained = read_checkpoint(path)["model"]
+            for name, want in reference[epoch].items():
+                torch.testing.assert_close(trained[name], want, rtol=1e-3, atol=1e-4, msg=f"epoch {epoch} {name}")
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.move(kept, out_dir)  # the in-process files back, bit for bit

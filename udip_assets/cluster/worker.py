@@ -6,9 +6,9 @@ the orchestrating step turns into its result and metadata.
 
 - ``gwas``: one chromosome partition (:mod:`udip_assets.genetics.gwas_partition`); parameters in
   the Pipes extras.
-- ``train``: ViT-AE training, on one process or as every rank of ``torchrun``; parameters in the
-  JSON file ``$UDIP_TRAIN_SPEC`` (every rank reads it). Only rank 0 opens Pipes, logs and reports;
-  the other ranks train their share and exit.
+- ``train``: ViT-AE training, on one process or as every rank of ``torchrun``, here or in a SLURM
+  job; parameters in the JSON file ``$UDIP_TRAIN_SPEC`` (every rank reads it). Only rank 0 opens
+  Pipes, logs and reports; the other ranks train their share and exit.
 """
 
 from __future__ import annotations
@@ -40,8 +40,13 @@ def _train(log) -> dict:
                 log(f"epoch {m.epoch}: train {m.train_loss:.4f} val {m.val_loss:.4f} lr {m.lr:.2e} "
                     f"{m.scans_per_s:.1f} scans/s")
 
+    device = spec["device"]
+    if device == "auto":  # resolved here, on the node that trains (a SLURM job's may have the GPU)
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     result = train_model(ModelConfig.from_dict(spec["model"]), TrainConfig.from_dict(spec["train"]),
-                         spec["train_paths"], spec["val_paths"], spec["out_dir"], device=spec["device"],
+                         spec["train_paths"], spec["val_paths"], spec["out_dir"], device=device,
                          callbacks=[Report()], show_progress=False)
     return result.to_json()
 

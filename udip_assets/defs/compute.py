@@ -141,15 +141,21 @@ class Compute(dg.ConfigurableResource):
 
         if self.resolved_backend() == "local":
             return run_partition(out, genotypes, chrom, log=context.log.info), {"compute": "local"}
-        from udip_assets.cluster.slurm import PipesSlurmClient, default_python
-
-        client = PipesSlurmClient(self.resolved_sbatch_args(), poll_seconds=self.poll_seconds)
-        done = client.run(context=context, command=[self.python or default_python(), "-m",
-                                                    "udip_assets.cluster.worker", "gwas"],
-                          job_dir=Path(out) / "job", job_name=job_name,
-                          extras={"out": str(out), "genotypes": str(genotypes), "chrom": chrom})
+        done = self.run_job(context, "gwas", ["-m", "udip_assets.cluster.worker", "gwas"], job_dir=Path(out) / "job",
+                            job_name=job_name, extras={"out": str(out), "genotypes": str(genotypes), "chrom": chrom})
         reports = [m for m in done.get_custom_messages() if isinstance(m, dict) and m.get("task") == "gwas"]
         if not reports:
             raise dg.Failure(f"SLURM job {done.metadata['slurm_job_id'].value} ended without reporting its "
                              f"summary through Dagster Pipes; see {done.metadata['slurm_output'].value}")
         return reports[-1]["summary"], {"compute": "slurm", **done.metadata}
+
+    def run_job(self, context: dg.AssetExecutionContext, task: str, python_args: list[str], job_dir: Path,
+                job_name: str, extras: dict | None = None,
+                env: dict | None = None) -> dg.PipesClientCompletedInvocation:
+        """``<python> <python_args>`` as one SLURM job through Dagster Pipes (``task`` names it in the log)."""
+        from udip_assets.cluster.slurm import PipesSlurmClient, default_python
+
+        client = PipesSlurmClient(self.resolved_sbatch_args(), poll_seconds=self.poll_seconds)
+        context.log.info(f"{task}: submitting to SLURM ({' '.join(self.resolved_sbatch_args()) or 'default sbatch'})")
+        return client.run(context=context, command=[self.python or default_python(), *python_args], job_dir=job_dir,
+                          job_name=job_name, extras=extras, env=env)

@@ -23,7 +23,7 @@ import pandas as pd
 from udip_assets.atomic import write_text_atomic
 from udip_assets.cohort.spec import load_cohort
 from udip_assets.defs.cohort_defaults import with_cohort_defaults
-from udip_assets.defs.compute import GPU_STEP, step_tags
+from udip_assets.defs.compute import GPU_STEP, Compute, step_tags
 from udip_assets.defs.lineage import LINEAGE_IO, OPTIONAL, ModelRef
 from udip_assets.defs.metadata import figure as inline_figure
 from udip_assets.defs.metadata import table_metadata
@@ -178,7 +178,7 @@ class _Recorder(TrainCallback):
 @dg.asset(partitions_def=cohort_partitions, group_name="model", deps=["preprocessed_scans"],
           kinds={"pytorch", "mlflow", "duckdb"}, io_manager_key=LINEAGE_IO, op_tags=step_tags(GPU_STEP))
 def vit_ae_model(context: dg.AssetExecutionContext, config: ModelAssetConfig, home: UdipHome,
-                 mlflow: MlflowTracking) -> dg.Output[ModelRef]:
+                 mlflow: MlflowTracking, compute: Compute) -> dg.Output[ModelRef]:
     """Train the ViT autoencoder on the cohort's train split, validating on its val split."""
     cohort = context.partition_key
     config = with_cohort_defaults(config, home, cohort, "vit_ae_model")
@@ -187,7 +187,9 @@ def vit_ae_model(context: dg.AssetExecutionContext, config: ModelAssetConfig, ho
     model_cfg, train_cfg = config.resolved(resolution)
     cached = home.query("SELECT DISTINCT shape FROM preprocessed_scans WHERE cohort = ? AND status = 'ok'", [cohort])
     check_model_fits(cohort, model_cfg, preset_name, set(cached["shape"]))
-    device = resolve_device(config.device)
+    on_slurm = compute.resolved_backend() == "slurm"
+    # on SLURM the job's node resolves 'auto' (and has the GPU this process may lack)
+    device = config.device if on_slurm else resolve_device(config.device)
     if config.nproc_per_node < 1:
         raise dg.Failure(f"nproc_per_node must be >= 1, got {config.nproc_per_node}")
     run_id = training_run_id(cohort, model_cfg, train_cfg, world_size=config.nproc_per_node)
@@ -205,15 +207,15 @@ def vit_ae_model(context: dg.AssetExecutionContext, config: ModelAssetConfig, ho
     tags = {"cohort": cohort, "preset": preset_name, "training_run": run_id, "dagster_run_id": context.run.run_id}
     with mlflow.start_run(run_id, params=params, tags=tags, resume_tag="training_run") as tracked:
         rec = _Recorder(tracked, context.log)
-        if config.nproc_per_node > 1:
-            result = train_with_torchrun(context, config.nproc_per_node, model_cfg, train_cfg, train, val,
-                                         out_dir, device)
+        if config.nproc_per_node > 1 or on_slurm:
+            result = train_out_of_process(context, compute, config.nproc_per_node, model_cfg, train_cfg, train,
+                                          val, out_dir, device)
             for epoch in result.history:  # rank 0 logged each epoch through Pipes as it ended
                 rec.log_metrics(EpochMetrics(**epoch))
         else:
             result = train_model(model_cfg, train_cfg, train["cache_path"].tolist(), val["cache_path"].tolist(),
                                  out_dir, device=device, callbacks=[rec])
-        figure = reconstruction_figure(load_checkpoint(result.best_path, device=device).model,
+        figure = reconstruction_figure(load_checkpoint(result.best_path, device="cpu" if on_slurm else device).model,
                                        val["cache_path"].tolist()[:2], ["validation scan A", "validation scan B"],
                                        out_dir / "reconstruction.png")
         tracked.log_artifact(figure)
@@ -233,9 +235,10 @@ def vit_ae_model(context: dg.AssetExecutionContext, config: ModelAssetConfig, ho
         **table_metadata(home, CHECKPOINTS, cohort=cohort, run_id=run_id)})
 
 
-def train_with_torchrun(context: dg.AssetExecutionContext, nproc: int, model_cfg, train_cfg, train: pd.DataFrame,
-                        val: pd.DataFrame, out_dir: Path, device: str):
-    """Train on ``nproc`` DDP processes: ``torchrun`` runs the worker's ``train`` task through Dagster Pipes.
+def train_out_of_process(context: dg.AssetExecutionContext, compute: Compute, nproc: int, model_cfg, train_cfg,
+                         train: pd.DataFrame, val: pd.DataFrame, out_dir: Path, device: str):
+    """Train in the worker's ``train`` task, reporting through Dagster Pipes: ``torchrun`` with ``nproc``
+    DDP processes here, or a SLURM job (torchrun inside it when ``nproc`` > 1) under ``compute=slurm``.
 
     Every rank reads the run's spec (configs, scan lists, folder, device) from a JSON file in
     ``out_dir``; rank 0 writes the checkpoints, logs each epoch to the run's event log as it ends
@@ -249,16 +252,22 @@ def train_with_torchrun(context: dg.AssetExecutionContext, nproc: int, model_cfg
     spec = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "train_paths": train["cache_path"].tolist(),
             "val_paths": val["cache_path"].tolist(), "out_dir": str(out_dir), "device": device}
     spec_path = write_text_atomic(out_dir / "torchrun_spec.json", json.dumps(spec, indent=1))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "udip_assets.cluster.worker", "train"]
-    threads = max(1, (os.cpu_count() or 1) // nproc)
-    context.log.info(f"torchrun: {nproc} processes x {threads} thread(s) on {device}")
-    env = {"UDIP_TRAIN_SPEC": str(spec_path), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
-    done = dg.PipesSubprocessClient(env=env).run(context=context, command=command)
+    worker = ["-m", "udip_assets.cluster.worker", "train"]
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
+    env = {"UDIP_TRAIN_SPEC": str(spec_path)}
+    if compute.resolved_backend() == "slurm":
+        done = compute.run_job(context, "train", [*launcher, *worker], job_dir=out_dir / "job",
+                               job_name=f"udip-train-{out_dir.name}"[:60], env=env)
+        where = f"SLURM job {done.metadata['slurm_job_id'].value} (output {done.metadata['slurm_output'].value})"
+    else:
+        threads = max(1, (os.cpu_count() or 1) // nproc)
+        context.log.info(f"torchrun: {nproc} processes x {threads} thread(s) on {device}")
+        env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", str(threads))
+        done = dg.PipesSubprocessClient(env=env).run(context=context, command=[sys.executable, *launcher, *worker])
+        where = f"torchrun ({nproc} processes; see the run's stderr log)"
     reports = [m for m in done.get_custom_messages() if isinstance(m, dict) and m.get("task") == "train"]
     if not reports:
-        raise dg.Failure(f"torchrun ({nproc} processes) ended without rank 0 reporting its result; see the "
-                         "run's stderr log")
+        raise dg.Failure(f"{where} ended without rank 0 reporting its result")
     return TrainResult.from_json(reports[-1]["summary"])
 
 
