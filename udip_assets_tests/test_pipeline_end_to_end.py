@@ -558,6 +558,36 @@ def test_sigkill_mid_extraction_leaves_the_previous_udips_and_a_rerun_encodes_ev
     np.testing.assert_array_equal(common[cols].to_numpy(), sweep[cols].to_numpy())
 
 
+def test_extraction_runs_as_a_slurm_job_and_gives_the_in_process_udips(pipeline, slurm_cluster, monkeypatch):
+    """compute=slurm: udip_embeddings encodes in a batch job (the worker's encode task, scan list in and
+    UDIP Parquet out); every scan is written once and those the loci sweep encoded in process carry
+    its UDIPs bit for bit."""
+
+    from udip_assets.defs.run import _materialize
+
+    db, instance, _ = pipeline
+    chosen = _one(db, "SELECT model_id FROM model_selection WHERE cohort = 'e2e' AND selected")
+    other = _one(db, f"SELECT model_id FROM model_selection WHERE cohort = 'e2e' AND model_id <> '{chosen}'")
+    monkeypatch.setenv("UDIP_COMPUTE", "slurm")
+    config = {"ops": {"udip_embeddings": {"config": {"model_id": other, "splits": ["inference", "val"],
+                                                     "device": "auto"}}}}
+    keys, key, config = _stage("key:udip_embeddings", "e2e", config)
+    result = _materialize(keys, key, instance, config)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    logs = [e.message for e in instance.all_logs(result.run_id)]
+    assert any(m.startswith("submitted SLURM job") for m in logs)
+    assert any(m.startswith("encoding ") and " scans on cpu" in m for m in logs)  # from the job, via Pipes
+    rows = read_frame(db, f"SELECT * FROM udips WHERE cohort = 'e2e' AND model_id = '{other}' ORDER BY subject_id")
+    wanted = read_frame(db, "SELECT subject_id FROM subjects WHERE cohort = 'e2e' AND kept "
+                            "AND split IN ('inference', 'val') ORDER BY subject_id")
+    assert rows["subject_id"].tolist() == wanted["subject_id"].tolist()
+    sweep = read_frame(db, f"SELECT * FROM sweep_udips WHERE cohort = 'e2e' AND model_id = '{other}' "
+                           "ORDER BY subject_id")
+    cols = [c for c in UDIP_COLUMNS if sweep[c].notna().all()]
+    np.testing.assert_array_equal(rows.set_index("subject_id").loc[sweep["subject_id"], cols].to_numpy(),
+                                  sweep[cols].to_numpy())
+
+
 def test_training_runs_as_a_slurm_job_and_trains_the_weights_of_the_in_process_run(pipeline, slurm_cluster,
                                                                                     monkeypatch, tmp_path):
     """compute=slurm: vit_ae_model submits the worker's train task as a batch job (Dagster Pipes); the

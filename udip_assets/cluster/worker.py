@@ -6,6 +6,8 @@ the orchestrating step turns into its result and metadata.
 
 - ``gwas``: one chromosome partition (:mod:`udip_assets.genetics.gwas_partition`); parameters in
   the Pipes extras.
+- ``encode``: UDIP extraction of a list of scans under one checkpoint, to a Parquet file;
+  parameters in the extras.
 - ``train``: ViT-AE training, on one process or as every rank of ``torchrun``, here or in a SLURM
   job; parameters in the JSON file ``$UDIP_TRAIN_SPEC`` (every rank reads it). Only rank 0 opens
   Pipes, logs and reports; the other ranks train their share and exit.
@@ -26,6 +28,28 @@ def _gwas(pipes) -> dict:
 
     extras = pipes.extras
     return run_partition(extras["out"], extras["genotypes"], str(extras["chrom"]), log=pipes.log.info)
+
+
+def _encode(pipes) -> dict:
+    """UDIPs of the scans in ``extras['scans']`` (Parquet: subject_id, visit, split, cache_path) under
+    ``extras['checkpoint']``, written atomically to ``extras['out']``."""
+    import pandas as pd
+    import torch
+
+    from udip_assets.atomic import atomic_path
+    from udip_assets.model.extract import extract_udips
+
+    extras = pipes.extras
+    device = extras["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    scans = pd.read_parquet(extras["scans"])
+    pipes.log.info(f"encoding {len(scans)} scans on {device} with {extras['checkpoint']}")
+    udips = extract_udips(extras["checkpoint"], scans["cache_path"].tolist(), scans["subject_id"].tolist(),
+                          batch_size=int(extras["batch_size"]), device=device, show_progress=False)
+    with atomic_path(extras["out"]) as tmp:
+        udips.to_parquet(tmp, index=False)
+    return {"n_scans": len(udips), "device": device, "out": extras["out"]}
 
 
 def _train(log) -> dict:
@@ -51,17 +75,20 @@ def _train(log) -> dict:
     return result.to_json()
 
 
+TASKS = {"gwas": _gwas, "encode": _encode, "train": _train}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0] not in ("gwas", "train"):
-        print("usage: python -m udip_assets.cluster.worker {gwas,train}", file=sys.stderr)
+    if len(argv) != 1 or argv[0] not in TASKS:
+        print(f"usage: python -m udip_assets.cluster.worker {{{','.join(TASKS)}}}", file=sys.stderr)
         return 2
     task = argv[0]
     if task == "train" and int(os.environ.get("RANK", "0")) != 0:
         _train(log=None)  # a torchrun rank other than 0: trains, reports nothing
         return 0
     with open_dagster_pipes() as pipes:
-        summary = _gwas(pipes) if task == "gwas" else _train(log=pipes.log.info)
+        summary = _train(log=pipes.log.info) if task == "train" else TASKS[task](pipes)
         pipes.report_custom_message({"task": task, "summary": summary})
     return 0
 

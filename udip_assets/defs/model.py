@@ -297,8 +297,35 @@ def encode_scans(checkpoint: str, scans: pd.DataFrame, *, batch_size: int, devic
     """UDIP rows (``udips`` columns less cohort/model_id) of ``scans`` (from :func:`split_scans`)."""
     udips = extract_udips(checkpoint, scans["cache_path"].tolist(), scans["subject_id"].tolist(),
                           batch_size=batch_size, device=device)
+    return _udip_rows(udips, scans)
+
+
+def _udip_rows(udips: pd.DataFrame, scans: pd.DataFrame) -> pd.DataFrame:
     rows = udips.merge(scans[["subject_id", "visit", "split"]], on="subject_id", how="left")
     return rows.assign(n_dims=len(model_udip_columns(udips)))
+
+
+def encode_scans_on(compute: Compute, context: dg.AssetExecutionContext, job_dir: Path, checkpoint: str,
+                    scans: pd.DataFrame, *, batch_size: int, device: str) -> pd.DataFrame:
+    """:func:`encode_scans` here, or as a SLURM job under ``compute=slurm`` (the worker's ``encode``
+    task: the scan list in, a Parquet of UDIPs out, both in ``job_dir``; ``device`` 'auto' is
+    resolved on the node)."""
+    if compute.resolved_backend() != "slurm":
+        return encode_scans(checkpoint, scans, batch_size=batch_size, device=resolve_device(device))
+    from udip_assets.atomic import atomic_path
+
+    inputs, out = job_dir / "scans.parquet", job_dir / "udips.parquet"
+    with atomic_path(inputs) as tmp:
+        scans[["subject_id", "visit", "split", "cache_path"]].to_parquet(tmp, index=False)
+    out.unlink(missing_ok=True)  # a file from an earlier job is never taken for this one's
+    done = compute.run_job(context, "encode", ["-m", "udip_assets.cluster.worker", "encode"],
+                           job_dir=job_dir / "job", job_name=f"udip-encode-{job_dir.parent.name}"[:60],
+                           extras={"checkpoint": str(checkpoint), "scans": str(inputs), "out": str(out),
+                                   "batch_size": batch_size, "device": device})
+    if not any(isinstance(m, dict) and m.get("task") == "encode" for m in done.get_custom_messages()):
+        raise dg.Failure(f"SLURM job {done.metadata['slurm_job_id'].value} ended without reporting its UDIPs "
+                         f"through Dagster Pipes; see {done.metadata['slurm_output'].value}")
+    return _udip_rows(pd.read_parquet(out), scans)
 
 
 def stored_udips(home: UdipHome, table: str, cohort: str, model_id: str, subject_ids) -> pd.DataFrame | None:
@@ -378,7 +405,7 @@ def choose_model(context, home: UdipHome, config: EmbeddingConfig, trained: Mode
                "selected": dg.AssetIn("checkpoint_loci_sweep", metadata=OPTIONAL)},
           kinds={"pytorch", "duckdb"}, io_manager_key=LINEAGE_IO, op_tags=step_tags(GPU_STEP))
 def udip_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, home: UdipHome,
-                    mlflow: MlflowTracking, trained: ModelRef | None,
+                    mlflow: MlflowTracking, compute: Compute, trained: ModelRef | None,
                     selected: ModelRef | None) -> dg.Output[ModelRef]:
     """Encode every GWAS-split scan with the selected model: its UDIPs and reconstruction loss per subject."""
     cohort = context.partition_key
@@ -398,7 +425,8 @@ def udip_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, 
     if reused:
         context.log.info(f"the loci sweep encoded all {len(rows)} scans with {model_id}; its UDIPs are reused")
     else:
-        rows = encode_scans(ck["path"], scans, batch_size=config.batch_size, device=resolve_device(config.device))
+        rows = encode_scans_on(compute, context, home.artifacts("encode", cohort, model_id), ck["path"], scans,
+                               batch_size=config.batch_size, device=config.device)
     n_dims = len(model_udip_columns(rows))
     home.write(udips_table(n_dims), rows.assign(cohort=cohort, model_id=model_id), cohort=cohort, model_id=model_id)
     seconds = time.perf_counter() - started
