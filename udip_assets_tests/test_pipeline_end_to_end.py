@@ -588,6 +588,41 @@ def test_extraction_runs_as_a_slurm_job_and_gives_the_in_process_udips(pipeline,
                                   sweep[cols].to_numpy())
 
 
+def test_perdi_runs_as_a_slurm_job_and_writes_the_in_process_maps(pipeline, slurm_cluster, monkeypatch, tmp_path):
+    """compute=slurm: perdi_maps computes and writes its maps in a batch job (the worker's perdi task);
+    the NIfTI maps equal those the pipeline's in-process step wrote, and perdi_dims has the same rows."""
+    import shutil
+
+    import dagster as dg
+    import nibabel as nib
+
+    from udip_assets.defs.run import _materialize
+
+    db, instance, _ = pipeline
+    dims_sql = ("SELECT dim, n_subjects, chosen_because, nifti_path FROM perdi_dims WHERE cohort = 'e2e' "
+                "ORDER BY model_id, dim")
+    before = read_frame(db, dims_sql)
+    assert len(before) >= 1
+    kept = {row.dim: shutil.copy(row.nifti_path, tmp_path / f"{row.dim}.nii.gz") for row in before.itertuples()}
+    monkeypatch.setenv("UDIP_COMPUTE", "slurm")
+    keys, key, config = _stage("key:perdi_maps", "e2e", {"ops": {"perdi_maps": RUN_CONFIG["ops"]["perdi_maps"]}})
+    result = _materialize(keys, key, instance, config)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    meta = instance.get_latest_materialization_event(dg.AssetKey("perdi_maps")).asset_materialization.metadata
+    assert meta["compute"].value == "slurm"
+    logs = [e.message for e in instance.all_logs(result.run_id)]
+    assert any(m.startswith("submitted SLURM job") for m in logs)
+    assert any(m.startswith("PerDI of dims") and " on cpu " in m for m in logs)  # from the job, via Pipes
+    after = read_frame(db, dims_sql)
+    pd_cols = ["dim", "n_subjects", "chosen_because", "nifti_path"]
+    assert after[pd_cols].values.tolist() == before[pd_cols].values.tolist()
+    for row in after.itertuples():
+        got = np.asarray(nib.load(row.nifti_path).dataobj)
+        want = np.asarray(nib.load(kept[row.dim]).dataobj)
+        assert np.abs(want).max() > 1  # a map, not an empty volume
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3, err_msg=f"dim {row.dim}")
+
+
 def test_training_runs_as_a_slurm_job_and_trains_the_weights_of_the_in_process_run(pipeline, slurm_cluster,
                                                                                     monkeypatch, tmp_path):
     """compute=slurm: vit_ae_model submits the worker's train task as a batch job (Dagster Pipes); the

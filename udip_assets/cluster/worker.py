@@ -8,6 +8,7 @@ the orchestrating step turns into its result and metadata.
   the Pipes extras.
 - ``encode``: UDIP extraction of a list of scans under one checkpoint, to a Parquet file;
   parameters in the extras.
+- ``perdi``: the PerDI maps of a model's chosen dims (NIfTI + PNG files) and their table rows.
 - ``train``: ViT-AE training, on one process or as every rank of ``torchrun``, here or in a SLURM
   job; parameters in the JSON file ``$UDIP_TRAIN_SPEC`` (every rank reads it). Only rank 0 opens
   Pipes, logs and reports; the other ranks train their share and exit.
@@ -52,6 +53,25 @@ def _encode(pipes) -> dict:
     return {"n_scans": len(udips), "device": device, "out": extras["out"]}
 
 
+def _perdi(pipes) -> dict:
+    """PerDI maps of ``extras['dims']`` (files into ``extras['out']``) and their ``perdi_dims`` rows."""
+    import numpy as np
+    import torch
+
+    from udip_assets.cohort.spec import load_cohort
+    from udip_assets.interpret.perdi_run import write_perdi_maps
+
+    extras = pipes.extras
+    device = extras["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows, info = write_perdi_maps(extras["checkpoint"], np.load(extras["udips"]), extras["dims"], extras["reason"],
+                                  load_cohort(Path(extras["cohort_dir"])).grid, Path(extras["out"]),
+                                  n_subjects=int(extras["n_subjects"]), sigma=float(extras["sigma"]),
+                                  batch_size=int(extras["batch_size"]), device=device, log=pipes.log.info)
+    return {"rows": rows, "info": info}
+
+
 def _train(log) -> dict:
     from udip_assets.model.config import ModelConfig, TrainConfig
     from udip_assets.model.train import TrainCallback, train_model
@@ -75,7 +95,7 @@ def _train(log) -> dict:
     return result.to_json()
 
 
-TASKS = {"gwas": _gwas, "encode": _encode, "train": _train}
+TASKS = {"gwas": _gwas, "encode": _encode, "perdi": _perdi, "train": _train}
 
 
 def main(argv: list[str] | None = None) -> int:

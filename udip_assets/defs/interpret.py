@@ -8,6 +8,7 @@ cohort's UDIPs. Each takes its model from its inputs (:mod:`udip_assets.defs.lin
 domain code is in :mod:`udip_assets.interpret`.
 """
 
+from pathlib import Path
 
 import dagster as dg
 import nibabel as nib
@@ -16,7 +17,7 @@ import pandas as pd
 
 from udip_assets.cohort.spec import load_cohort
 from udip_assets.defs.cohort_defaults import with_cohort_defaults
-from udip_assets.defs.compute import GPU_STEP, step_tags
+from udip_assets.defs.compute import GPU_STEP, Compute, step_tags
 from udip_assets.defs.lineage import LINEAGE_IO, ModelRef
 from udip_assets.defs.metadata import figure, table_metadata
 from udip_assets.defs.model import checkpoint_row, resolve_device, split_scans
@@ -70,12 +71,11 @@ def locus_dims(home: UdipHome, cohort: str, model_id: str) -> list[int]:
 
 @dg.asset(partitions_def=cohort_partitions, group_name="interpret", ins={"model": dg.AssetIn("minp_sumstats")},
           deps=["genomic_risk_loci"], kinds={"nifti", "duckdb"}, io_manager_key=LINEAGE_IO, op_tags=step_tags(GPU_STEP))
-def perdi_maps(context: dg.AssetExecutionContext, config: PerdiConfig, home: UdipHome,
+def perdi_maps(context: dg.AssetExecutionContext, config: PerdiConfig, home: UdipHome, compute: Compute,
                model: ModelRef) -> dg.Output[ModelRef]:
     """PerDI: voxelwise paired t of the decoder's response to +1 SD on each chosen dim (NIfTI + PNG per dim)."""
-    from udip_assets.imaging.anatomy import load_anatomy
-    from udip_assets.interpret.atlas import symmetry_score
-    from udip_assets.interpret.perdi import choose_dims, finish_map, perdi_t_maps, t_map_figure, udip_sd, write_t_nifti
+    from udip_assets.interpret.perdi import choose_dims
+    from udip_assets.interpret.perdi_run import write_perdi_maps
 
     cohort, model_id = context.partition_key, model.model_id
     config = with_cohort_defaults(config, home, cohort, "perdi_maps")
@@ -86,28 +86,46 @@ def perdi_maps(context: dg.AssetExecutionContext, config: PerdiConfig, home: Udi
     udips = home.query("SELECT * FROM udips WHERE cohort = ? AND model_id = ? AND split = 'inference' "
                        "ORDER BY subject_id", [cohort, model_id])
     matrix = udips[model_udip_columns(udips)].to_numpy(np.float64)
-    anatomy = load_anatomy(grid)
-    context.log.info(f"PerDI of dims {list(dims)} on {min(config.n_subjects, len(matrix))} subjects ({reason})")
-    result = perdi_t_maps(checkpoint_row(home, model_id)["path"], matrix[:config.n_subjects], dims, udip_sd(matrix),
-                          anatomy.brain_mask, batch_size=config.batch_size, device=resolve_device(config.device),
-                          progress=False)
+    checkpoint = checkpoint_row(home, model_id)["path"]
     out = home.artifacts("perdi", cohort, model_id)
-    rows = []
-    for d in dims:
-        t = finish_map(result.t_map(d), anatomy.brain_mask, config.sigma)
-        nii = write_t_nifti(t, grid, out / f"perdi_dim_{d:03d}.nii.gz", dof=result.n_subjects - 1)
-        png = t_map_figure(t, anatomy.t1, out / f"perdi_dim_{d:03d}.png", f"PerDI dim {d} (n={result.n_subjects})",
-                           grid=grid)
-        rows.append({"dim": d, "chosen_because": reason, "n_subjects": result.n_subjects,
-                     "perturbation_sd": float(result.delta[dims.index(d)]), "max_abs_t": float(np.abs(t).max()),
-                     "symmetry": symmetry_score(t, grid), "nifti_path": str(nii), "png_path": str(png)})
+    if compute.resolved_backend() == "slurm":
+        rows, info = _perdi_job(context, compute, home.cohort_dir(cohort), checkpoint, matrix, dims, reason, out,
+                                config)
+    else:
+        rows, info = write_perdi_maps(checkpoint, matrix, dims, reason, grid, out, n_subjects=config.n_subjects,
+                                      sigma=config.sigma, batch_size=config.batch_size,
+                                      device=resolve_device(config.device), log=context.log.info)
     table = pd.DataFrame(rows)
     home.write(PERDI_DIMS, table.assign(cohort=cohort, model_id=model_id), cohort=cohort, model_id=model_id)
     return dg.Output(model, metadata={
-        "dims": dg.MetadataValue.json(list(dims)), "chosen_because": reason, "n_subjects": result.n_subjects,
-        "seconds": round(result.seconds, 1), "folder": dg.MetadataValue.path(str(out)),
+        "dims": dg.MetadataValue.json(list(dims)), "chosen_because": reason, "n_subjects": info["n_subjects"],
+        "seconds": round(info["seconds"], 1), "compute": compute.resolved_backend(),
+        "folder": dg.MetadataValue.path(str(out)),
         "preview": figure(rows[0]["png_path"], f"PerDI dim {dims[0]}"),
         **table_metadata(home, PERDI_DIMS, cohort=cohort, model_id=model_id)})
+
+
+def _perdi_job(context: dg.AssetExecutionContext, compute: Compute, cohort_dir: Path, checkpoint: str,
+               matrix: np.ndarray, dims, reason: str, out: Path, config: PerdiConfig) -> tuple[list[dict], dict]:
+    """:func:`~udip_assets.interpret.perdi_run.write_perdi_maps` as a SLURM job (the worker's ``perdi``
+    task): the UDIP matrix goes as a .npy into ``out``; the maps come back as files, the rows as the
+    job's report; ``device`` 'auto' is resolved on the node."""
+    from udip_assets.atomic import atomic_path
+
+    udips_file = out / "perdi_udips.npy"
+    with atomic_path(udips_file, suffix=".npy") as tmp:
+        np.save(tmp, matrix)
+    done = compute.run_job(context, "perdi", ["-m", "udip_assets.cluster.worker", "perdi"], job_dir=out / "job",
+                           job_name=f"udip-perdi-{out.parent.name}"[:60],
+                           extras={"checkpoint": str(checkpoint), "udips": str(udips_file), "dims": list(dims),
+                                   "reason": reason, "cohort_dir": str(cohort_dir), "out": str(out),
+                                   "n_subjects": config.n_subjects, "sigma": config.sigma,
+                                   "batch_size": config.batch_size, "device": config.device})
+    reports = [m for m in done.get_custom_messages() if isinstance(m, dict) and m.get("task") == "perdi"]
+    if not reports:
+        raise dg.Failure(f"SLURM job {done.metadata['slurm_job_id'].value} ended without reporting its PerDI "
+                         f"maps through Dagster Pipes; see {done.metadata['slurm_output'].value}")
+    return reports[-1]["summary"]["rows"], reports[-1]["summary"]["info"]
 
 
 @dg.asset(partitions_def=cohort_partitions, group_name="interpret", ins={"maps": dg.AssetIn("perdi_maps")},
