@@ -111,10 +111,12 @@ def genomic_risk_loci(context: dg.AssetExecutionContext, config: LociConfig, hom
     part = {"cohort": cohort, "model_id": model_id}
     tables = {"genomic_risk_loci": (GENOMIC_RISK_LOCI, "loci"), "lead_snps": (LEAD_SNPS, "lead_snps"),
               "ind_sig_snps": (IND_SIG_SNPS, "ind_sig_snps")}
+    writes = []
     for table, attr in tables.values():
         parts = [_method_rows(getattr(r, attr), method) for method, r in results.items()]
         rows = pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
-        home.write(table, rows.assign(**part, chr=rows["chr"].astype(str)), **part)
+        writes.append((table, rows.assign(**part, chr=rows["chr"].astype(str))))
+    home.write_many(writes, **part)  # the loci and their SNPs from one clumping, never from two
     out_dir = home.artifacts("loci", cohort, model_id)
     fuma = write_fuma_loci(results["minp"].loci, out_dir / "GenomicRiskLoci.txt")
     if "multivariate" in results:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from udip_assets import paths
 from udip_assets.store.schema import Table
-from udip_assets.store.warehouse import connect, write_partition
+from udip_assets.store.warehouse import connect, write_partition, write_partitions
 
 
 class UdipHome(dg.ConfigurableResource):
@@ -39,6 +39,10 @@ class UdipHome(dg.ConfigurableResource):
     def write(self, table: Table, rows: pd.DataFrame, **partition) -> int:
         """Replace one partition of ``table`` (delete + insert in one transaction)."""
         return write_partition(self.warehouse_path(), table, rows, partition)
+
+    def write_many(self, writes: list[tuple[Table, pd.DataFrame]], **partition) -> list[int]:
+        """Replace the same partition of several tables in one transaction (all or none)."""
+        return write_partitions(self.warehouse_path(), writes, partition)
 
     def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
         """A read query; opens read-write so it also works while the file does not exist yet."""

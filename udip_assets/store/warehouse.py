@@ -23,7 +23,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -203,6 +203,7 @@ def replace_partition(
     table: Table,
     rows: pd.DataFrame,
     partition: Mapping[str, Any],
+    own_transaction: bool = True,
 ) -> int:
     """Replace one partition's rows of ``table`` with ``rows``, in one transaction.
 
@@ -216,6 +217,8 @@ def replace_partition(
         Every row must carry the partition's values in the partition columns.
     partition : mapping column -> value
         Must name exactly ``table.partition_by``.
+    own_transaction : bool
+        False when the caller holds the transaction (:func:`write_partitions`, several tables at once).
 
     Returns
     -------
@@ -240,20 +243,24 @@ def replace_partition(
     frame = rows.reindex(columns=table.column_names)
     for col, value in partition.items():
         frame[col] = value
-    ensure_schema(con, {table.name: table})
+    if own_transaction:
+        ensure_schema(con, {table.name: table})
     where = " AND ".join(f"{_quote(c)} = ?" for c in table.partition_by)
     params = [partition[c] for c in table.partition_by]
     cols = ", ".join(_quote(c) for c in table.column_names)
-    con.execute("BEGIN TRANSACTION")
+    if own_transaction:
+        con.execute("BEGIN TRANSACTION")
     try:
         con.execute(f"DELETE FROM {_quote(table.name)} WHERE {where}", params)
         con.register("_udip_incoming", frame)
         con.execute(f"INSERT INTO {_quote(table.name)} ({cols}) SELECT {cols} FROM _udip_incoming")
         con.unregister("_udip_incoming")
         _check_key(con, table, where, params)
-        con.execute("COMMIT")
+        if own_transaction:
+            con.execute("COMMIT")
     except Exception:
-        con.execute("ROLLBACK")
+        if own_transaction:
+            con.execute("ROLLBACK")
         raise
     return len(frame)
 
@@ -273,6 +280,22 @@ def write_partition(path: Path, table: Table, rows: pd.DataFrame, partition: Map
     """Open the warehouse at ``path``, replace one partition of ``table``, close. Returns rows written."""
     with connect(path) as con:
         return replace_partition(con, table, rows, partition)
+
+
+def write_partitions(path: Path, writes: Sequence[tuple[Table, pd.DataFrame]], partition: Mapping[str, Any]
+                     ) -> list[int]:
+    """Replace the same partition of several tables in one transaction: a reader, or a re-run after a
+    kill, sees all of them from the same write (e.g. the loci with their own lead SNPs)."""
+    with connect(path) as con:
+        ensure_schema(con, {table.name: table for table, _ in writes})
+        con.execute("BEGIN TRANSACTION")
+        try:
+            counts = [replace_partition(con, table, rows, partition, own_transaction=False) for table, rows in writes]
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+    return counts
 
 
 def read_frame(path: Path, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
