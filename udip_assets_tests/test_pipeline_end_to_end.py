@@ -590,7 +590,8 @@ def test_extraction_runs_as_a_slurm_job_and_gives_the_in_process_udips(pipeline,
 
 def test_perdi_runs_as_a_slurm_job_and_writes_the_in_process_maps(pipeline, slurm_cluster, monkeypatch, tmp_path):
     """compute=slurm: perdi_maps computes and writes its maps in a batch job (the worker's perdi task);
-    the NIfTI maps equal those the pipeline's in-process step wrote, and perdi_dims has the same rows."""
+    the NIfTI maps equal those the same step wrote in process just before, and perdi_dims has the
+    same rows. (The in-process run comes first: an earlier test may have moved minP to another model.)"""
     import shutil
 
     import dagster as dg
@@ -599,13 +600,17 @@ def test_perdi_runs_as_a_slurm_job_and_writes_the_in_process_maps(pipeline, slur
     from udip_assets.defs.run import _materialize
 
     db, instance, _ = pipeline
+    keys, key, config = _stage("key:perdi_maps", "e2e", {"ops": {"perdi_maps": RUN_CONFIG["ops"]["perdi_maps"]}})
+    local = _materialize(keys, key, instance, config)
+    assert local.success, [e.message for e in local.all_events if e.is_failure]
+    meta = instance.get_latest_materialization_event(dg.AssetKey("perdi_maps")).asset_materialization.metadata
+    assert meta["compute"].value == "local"
     dims_sql = ("SELECT dim, n_subjects, chosen_because, nifti_path FROM perdi_dims WHERE cohort = 'e2e' "
-                "ORDER BY model_id, dim")
+                f"AND model_id = '{meta['model_id'].value}' ORDER BY dim")
     before = read_frame(db, dims_sql)
     assert len(before) >= 1
     kept = {row.dim: shutil.copy(row.nifti_path, tmp_path / f"{row.dim}.nii.gz") for row in before.itertuples()}
     monkeypatch.setenv("UDIP_COMPUTE", "slurm")
-    keys, key, config = _stage("key:perdi_maps", "e2e", {"ops": {"perdi_maps": RUN_CONFIG["ops"]["perdi_maps"]}})
     result = _materialize(keys, key, instance, config)
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     meta = instance.get_latest_materialization_event(dg.AssetKey("perdi_maps")).asset_materialization.metadata

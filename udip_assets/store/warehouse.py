@@ -10,9 +10,10 @@ giving up with a message that says which process to wait for.
 Readers need not wait for writers: every read-write connection that changed the file publishes a
 snapshot of it as it closes (``CHECKPOINT``, then a copy renamed over ``warehouse.snapshot.duckdb``,
 taken while the connection still holds the write lock, so no other writer can tear it). A reader
-(``connect(read_only=True)``, ``udip sql``) that finds the live file locked, by a partition write
-or by a whole ``dbt build``, reads the latest snapshot at once: the warehouse as of the last
-finished write, never a half-written partition. The copy costs one file copy per changed write
+(``connect(read_only=True)``, ``udip sql``) reads the snapshot when it is the live file byte for
+byte (so a reader never holds the lock a writer is about to take), and one that finds the live file
+locked, by a partition write or by a whole ``dbt build``, reads the latest snapshot at once: the
+warehouse as of the last finished write, never a half-written partition. The copy costs one file copy per changed write
 (milliseconds for the demo's warehouse); ``UDIP_WAREHOUSE_SNAPSHOT=off`` turns it off for a
 warehouse so large that the copy matters (readers then wait for the lock as before).
 """
@@ -144,7 +145,12 @@ def connect(
     ensure_private_dir(path.parent)
     created = not path.exists()
     snap = snapshot_path(path)
-    if read_only and snap.exists() and snapshots_enabled():
+    if read_only and snap.exists() and snapshots_enabled() and _stamp(snap) == _stamp(path) \
+            and not path.with_name(path.name + ".wal").exists():
+        # the snapshot is the live file, byte for byte: read it, and never hold the live file's lock
+        # against a writer that starts meanwhile (dbt does not wait for it)
+        con = _open(snap, True, lock_timeout_s)
+    elif read_only and snap.exists() and snapshots_enabled():
         try:
             con = _open(path, True, min(snapshot_after_s, lock_timeout_s))
         except WarehouseError:
