@@ -94,9 +94,10 @@ def test_udip_sql_answers_during_a_gwas_partition_write(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert seconds < 5, f"udip sql took {seconds:.1f} s while the GWAS partition was written"
     assert still_writing, "the write ended before the answer: the reader was not tested against a held lock"
-    # the state before the write: the half-written partition is never seen
+    # the state before the write: the half-written partition is never seen. (Whether a note says so
+    # depends on the path: a snapshot still identical to the live file is read without touching the
+    # live file, silently; one the writer has already changed is read after a failed try, with a note.)
     assert proc.stdout.split() == ["chrom,n", "6,1000"]
-    assert "snapshot" in proc.stderr
     _, after = _udip_sql(db, "SELECT chrom, count(*) AS n FROM gwas_hits GROUP BY 1 ORDER BY 1")
     assert after.stdout.split() == ["chrom,n", "11,3000000", "6,1000"] and "snapshot" not in after.stderr
 
