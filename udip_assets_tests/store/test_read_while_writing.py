@@ -82,7 +82,7 @@ write_partition(Path({db!r}), GWAS_HITS, _hits({n}, chrom={chrom!r}), {part!r})
 def test_udip_sql_answers_during_a_gwas_partition_write(tmp_path):
     db = tmp_path / "warehouse.duckdb"
     write_partition(db, GWAS_HITS, _hits(1000), PART)
-    code = _WRITER.format(tests=str(Path(__file__).parent), db=str(db), n=3_000_000, chrom="11",
+    code = _WRITER.format(tests=str(Path(__file__).parent), db=str(db), n=8_000_000, chrom="11",
                           part={**PART, "chrom": "11"})
     writer = subprocess.Popen([sys.executable, "-c", code])
     try:
@@ -99,7 +99,7 @@ def test_udip_sql_answers_during_a_gwas_partition_write(tmp_path):
     # live file, silently; one the writer has already changed is read after a failed try, with a note.)
     assert proc.stdout.split() == ["chrom,n", "6,1000"]
     _, after = _udip_sql(db, "SELECT chrom, count(*) AS n FROM gwas_hits GROUP BY 1 ORDER BY 1")
-    assert after.stdout.split() == ["chrom,n", "11,3000000", "6,1000"] and "snapshot" not in after.stderr
+    assert after.stdout.split() == ["chrom,n", "11,8000000", "6,1000"] and "snapshot" not in after.stderr
 
 
 def test_udip_sql_answers_during_a_dbt_build(tmp_path):
