@@ -24,6 +24,15 @@ from pathlib import Path
 from dagster_pipes import open_dagster_pipes
 
 
+def _device(name: str) -> str:
+    """'auto' resolved here, on the node that runs the task (a SLURM job's may have the GPU)."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _gwas(pipes) -> dict:
     from udip_assets.genetics.gwas_partition import run_partition
 
@@ -35,15 +44,12 @@ def _encode(pipes) -> dict:
     """UDIPs of the scans in ``extras['scans']`` (Parquet: subject_id, visit, split, cache_path) under
     ``extras['checkpoint']``, written atomically to ``extras['out']``."""
     import pandas as pd
-    import torch
 
     from udip_assets.atomic import atomic_path
     from udip_assets.model.extract import extract_udips
 
     extras = pipes.extras
-    device = extras["device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _device(extras["device"])
     scans = pd.read_parquet(extras["scans"])
     pipes.log.info(f"encoding {len(scans)} scans on {device} with {extras['checkpoint']}")
     udips = extract_udips(extras["checkpoint"], scans["cache_path"].tolist(), scans["subject_id"].tolist(),
@@ -56,15 +62,12 @@ def _encode(pipes) -> dict:
 def _perdi(pipes) -> dict:
     """PerDI maps of ``extras['dims']`` (files into ``extras['out']``) and their ``perdi_dims`` rows."""
     import numpy as np
-    import torch
 
     from udip_assets.cohort.spec import load_cohort
     from udip_assets.interpret.perdi_run import write_perdi_maps
 
     extras = pipes.extras
-    device = extras["device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _device(extras["device"])
     rows, info = write_perdi_maps(extras["checkpoint"], np.load(extras["udips"]), extras["dims"], extras["reason"],
                                   load_cohort(Path(extras["cohort_dir"])).grid, Path(extras["out"]),
                                   n_subjects=int(extras["n_subjects"]), sigma=float(extras["sigma"]),
@@ -84,11 +87,7 @@ def _train(log) -> dict:
                 log(f"epoch {m.epoch}: train {m.train_loss:.4f} val {m.val_loss:.4f} lr {m.lr:.2e} "
                     f"{m.scans_per_s:.1f} scans/s")
 
-    device = spec["device"]
-    if device == "auto":  # resolved here, on the node that trains (a SLURM job's may have the GPU)
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _device(spec["device"])
     result = train_model(ModelConfig.from_dict(spec["model"]), TrainConfig.from_dict(spec["train"]),
                          spec["train_paths"], spec["val_paths"], spec["out_dir"], device=device,
                          callbacks=[Report()], show_progress=False)

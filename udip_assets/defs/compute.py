@@ -44,7 +44,7 @@ def backend_from_env() -> str:
     return backend
 
 
-def _positive_int_env(name: str, default: int) -> int:
+def _whole_number_env(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -70,7 +70,7 @@ def step_tags(kind: str) -> dict[str, str]:
     resources: dict = {"requests": dict(_K8S_REQUESTS[kind])}
     pod_spec: dict = {}
     if kind == GPU_STEP:
-        gpus = _positive_int_env("UDIP_K8S_GPUS", 1)
+        gpus = _whole_number_env("UDIP_K8S_GPUS", 1)
         if gpus:
             resources["limits"] = {"nvidia.com/gpu": str(gpus)}
             pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -78,6 +78,17 @@ def step_tags(kind: str) -> dict[str, str]:
     if pod_spec:
         config["pod_spec_config"] = pod_spec
     return {K8S_TAG: json.dumps(config, sort_keys=True)}
+
+
+def task_report(done: dg.PipesClientCompletedInvocation, task: str, where: str | None = None) -> dict:
+    """The summary the worker's ``task`` reported through Dagster Pipes (its last), or a Failure naming
+    where it ran (by default the SLURM job and its output file)."""
+    reports = [m for m in done.get_custom_messages() if isinstance(m, dict) and m.get("task") == task]
+    if not reports:
+        where = where or (f"SLURM job {done.metadata['slurm_job_id'].value} "
+                          f"(output {done.metadata['slurm_output'].value})")
+        raise dg.Failure(f"{where} ended without its {task} task reporting through Dagster Pipes")
+    return reports[-1]["summary"]
 
 
 def run_executor() -> dg.ExecutorDefinition:
@@ -93,7 +104,7 @@ def run_executor() -> dg.ExecutorDefinition:
         return dg.in_process_executor
     from dagster_k8s import k8s_job_executor
 
-    default = _positive_int_env("UDIP_K8S_MAX_CONCURRENT", 4) or 1
+    default = _whole_number_env("UDIP_K8S_MAX_CONCURRENT", 4) or 1
 
     def to_executor_config(config: dict) -> dict:
         out = {"max_concurrent": config["max_concurrent"], "per_step_k8s_config": config["per_step_k8s_config"]}
@@ -143,11 +154,7 @@ class Compute(dg.ConfigurableResource):
             return run_partition(out, genotypes, chrom, log=context.log.info), {"compute": "local"}
         done = self.run_job(context, "gwas", ["-m", "udip_assets.cluster.worker", "gwas"], job_dir=Path(out) / "job",
                             job_name=job_name, extras={"out": str(out), "genotypes": str(genotypes), "chrom": chrom})
-        reports = [m for m in done.get_custom_messages() if isinstance(m, dict) and m.get("task") == "gwas"]
-        if not reports:
-            raise dg.Failure(f"SLURM job {done.metadata['slurm_job_id'].value} ended without reporting its "
-                             f"summary through Dagster Pipes; see {done.metadata['slurm_output'].value}")
-        return reports[-1]["summary"], {"compute": "slurm", **done.metadata}
+        return task_report(done, "gwas"), {"compute": "slurm", **done.metadata}
 
     def run_job(self, context: dg.AssetExecutionContext, task: str, python_args: list[str], job_dir: Path,
                 job_name: str, extras: dict | None = None,

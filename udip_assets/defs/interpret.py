@@ -17,7 +17,7 @@ import pandas as pd
 
 from udip_assets.cohort.spec import load_cohort
 from udip_assets.defs.cohort_defaults import with_cohort_defaults
-from udip_assets.defs.compute import GPU_STEP, Compute, step_tags
+from udip_assets.defs.compute import GPU_STEP, Compute, step_tags, task_report
 from udip_assets.defs.lineage import LINEAGE_IO, ModelRef
 from udip_assets.defs.metadata import figure, table_metadata
 from udip_assets.defs.model import checkpoint_row, resolve_device, split_scans
@@ -121,11 +121,8 @@ def _perdi_job(context: dg.AssetExecutionContext, compute: Compute, cohort_dir: 
                                    "reason": reason, "cohort_dir": str(cohort_dir), "out": str(out),
                                    "n_subjects": config.n_subjects, "sigma": config.sigma,
                                    "batch_size": config.batch_size, "device": config.device})
-    reports = [m for m in done.get_custom_messages() if isinstance(m, dict) and m.get("task") == "perdi"]
-    if not reports:
-        raise dg.Failure(f"SLURM job {done.metadata['slurm_job_id'].value} ended without reporting its PerDI "
-                         f"maps through Dagster Pipes; see {done.metadata['slurm_output'].value}")
-    return reports[-1]["summary"]["rows"], reports[-1]["summary"]["info"]
+    summary = task_report(done, "perdi")
+    return summary["rows"], summary["info"]
 
 
 @dg.asset(partitions_def=cohort_partitions, group_name="interpret", ins={"maps": dg.AssetIn("perdi_maps")},

@@ -23,7 +23,7 @@ import pandas as pd
 from udip_assets.atomic import write_text_atomic
 from udip_assets.cohort.spec import load_cohort
 from udip_assets.defs.cohort_defaults import with_cohort_defaults
-from udip_assets.defs.compute import GPU_STEP, Compute, step_tags
+from udip_assets.defs.compute import GPU_STEP, Compute, step_tags, task_report
 from udip_assets.defs.lineage import LINEAGE_IO, OPTIONAL, ModelRef
 from udip_assets.defs.metadata import figure as inline_figure
 from udip_assets.defs.metadata import table_metadata
@@ -258,17 +258,14 @@ def train_out_of_process(context: dg.AssetExecutionContext, compute: Compute, np
     if compute.resolved_backend() == "slurm":
         done = compute.run_job(context, "train", [*launcher, *worker], job_dir=out_dir / "job",
                                job_name=f"udip-train-{out_dir.name}"[:60], env=env)
-        where = f"SLURM job {done.metadata['slurm_job_id'].value} (output {done.metadata['slurm_output'].value})"
+        where = None
     else:
         threads = max(1, (os.cpu_count() or 1) // nproc)
         context.log.info(f"torchrun: {nproc} processes x {threads} thread(s) on {device}")
         env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", str(threads))
         done = dg.PipesSubprocessClient(env=env).run(context=context, command=[sys.executable, *launcher, *worker])
         where = f"torchrun ({nproc} processes; see the run's stderr log)"
-    reports = [m for m in done.get_custom_messages() if isinstance(m, dict) and m.get("task") == "train"]
-    if not reports:
-        raise dg.Failure(f"{where} ended without rank 0 reporting its result")
-    return TrainResult.from_json(reports[-1]["summary"])
+    return TrainResult.from_json(task_report(done, "train", where))
 
 
 def _write_training_tables(home, cohort, run_id, result, mlflow_run, model_cfg, train_cfg) -> None:
@@ -322,9 +319,7 @@ def encode_scans_on(compute: Compute, context: dg.AssetExecutionContext, job_dir
                            job_dir=job_dir / "job", job_name=f"udip-encode-{job_dir.parent.name}"[:60],
                            extras={"checkpoint": str(checkpoint), "scans": str(inputs), "out": str(out),
                                    "batch_size": batch_size, "device": device})
-    if not any(isinstance(m, dict) and m.get("task") == "encode" for m in done.get_custom_messages()):
-        raise dg.Failure(f"SLURM job {done.metadata['slurm_job_id'].value} ended without reporting its UDIPs "
-                         f"through Dagster Pipes; see {done.metadata['slurm_output'].value}")
+    task_report(done, "encode")  # a job that wrote no report wrote no trusted file
     return _udip_rows(pd.read_parquet(out), scans)
 
 
