@@ -16,8 +16,10 @@ DEMO_VAL      ?= 40
 DEMO_PRESET   ?= demo
 # Loci are counted for the checkpoints of epochs 15 and 30 (each costs an encoding of the GWAS set).
 DEMO_SWEEP_EVERY ?= 15
-# Extra model options: e.g. make demo DEMO_MODEL_ARGS='--epochs 60 --overrides {"enc_depth":8}'
+# Extra model options, e.g. make demo DEMO_MODEL_ARGS='--epochs 60' DEMO_OVERRIDES='{"enc_depth":8}'
+# (the overrides are JSON and go to the shell single-quoted, so their double quotes survive).
 DEMO_MODEL_ARGS ?=
+DEMO_OVERRIDES  ?=
 
 .PHONY: install demo test test-tools lint ui mlflow-ui where
 
@@ -47,7 +49,8 @@ install: $(DBT_MANIFEST)
 demo: install
 	$(BIN)/udip synth --name $(DEMO_NAME) --subjects $(DEMO_SUBJECTS) --resolution 2 --seed $(DEMO_SEED)
 	$(BIN)/udip materialize --cohort $(DEMO_NAME) --train-count $(DEMO_TRAIN) --val-count $(DEMO_VAL) \
-	  --preset $(DEMO_PRESET) --sweep-every $(DEMO_SWEEP_EVERY) $(DEMO_MODEL_ARGS)
+	  --preset $(DEMO_PRESET) --sweep-every $(DEMO_SWEEP_EVERY) $(DEMO_MODEL_ARGS) \
+	  $(if $(DEMO_OVERRIDES),--overrides '$(DEMO_OVERRIDES)')
 	$(BIN)/udip sql "SELECT status, count(*) AS n FROM scans WHERE cohort = '$(DEMO_NAME)' GROUP BY 1 ORDER BY 2 DESC"
 	$(BIN)/udip sql "SELECT split, kept, count(*) AS n FROM subjects WHERE cohort = '$(DEMO_NAME)' GROUP BY ALL ORDER BY ALL"
 	$(BIN)/udip sql "SELECT s.model_id, s.epoch, round(c.val_loss, 4) AS val_loss, s.loci_count, s.selected FROM model_selection s JOIN checkpoints c USING (model_id) WHERE s.cohort = '$(DEMO_NAME)' ORDER BY s.epoch"
