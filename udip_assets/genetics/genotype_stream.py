@@ -11,12 +11,14 @@ Three sources:
 
 * :class:`PlinkSource`: PLINK 1 .bed/.bim/.fam, decoded by a 256-entry lookup table that turns
   each packed byte (4 samples) into four float32 dosages in one gather.
-* :class:`BgenSource`: BGEN v1.1-1.3 through cbgen, dosage = expected count of ``a1``, the second
-  allele by default (REF-first files such as UK Biobank's) or the first (``a1_allele='first'``,
-  files written by ``plink2 --export bgen-1.2`` without 'ref-first').
+* :class:`BgenSource`: BGEN v1.2-1.3 (cbgen's variant index; zlib and uncompressed blocks decoded
+  in batches on threads by :mod:`~udip_assets.genetics.bgen_decode`, zstd through cbgen), dosage =
+  expected count of ``a1``, the second allele by default (REF-first files such as UK Biobank's)
+  or the first (``a1_allele='first'``, files written by ``plink2 --export bgen-1.2`` without
+  'ref-first').
 * :class:`ArraySource`: an in-memory (n_samples, n_variants) dosage matrix.
 
-Plain Python (numpy, pandas, cbgen): no Dagster.
+Plain Python (numpy, pandas, cbgen, zlib): no Dagster.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from udip_assets.errors import GenotypeError, UdipConfigError
+from udip_assets.genetics.bgen_decode import BgenBlockReader, read_bgen_header
 from udip_assets.genetics.plink import check_plink_files, plink_paths, read_bim, read_fam
 
 VARIANT_COLUMNS = ("snp", "chrom", "pos_bp", "a1", "a2")
@@ -469,6 +472,8 @@ class BgenSource(GenotypeSource):
     metafile_dir : Path, optional
         Folder in which to keep cbgen's variant index (metafile) for later runs; default a
         temporary folder, removed once the variant table is read.
+    decode_threads : int, optional
+        Threads that decompress and decode probability blocks (default: the CPUs, at most 4).
 
     Raises
     ------
@@ -485,11 +490,16 @@ class BgenSource(GenotypeSource):
     way). Samples flagged missing in the ploidy byte are NaN. For unphased data the dosage of the
     second allele is P(het) + 2 P(hom second); for phased data it is the sum of the two
     haplotypes' probabilities of that allele; the first allele's dosage is 2 minus it.
+
+    Blocks of biallelic diploid variants in zlib or uncompressed files (UK Biobank's layout among
+    them) are decoded by :class:`~udip_assets.genetics.bgen_decode.BgenBlockReader`, many at a time
+    on several threads; zstd files and other blocks go through cbgen one variant at a time.
     """
 
     def __init__(self, path: Path | str, sample_path: Path | str | None = None,
                  sample_iids: Sequence[str] | None = None, chrom: str | int | None = None,
-                 a1_allele: str = "second", metafile_dir: Path | str | None = None) -> None:
+                 a1_allele: str = "second", metafile_dir: Path | str | None = None,
+                 decode_threads: int | None = None) -> None:
         import cbgen
 
         if a1_allele not in ("first", "second"):
@@ -500,6 +510,8 @@ class BgenSource(GenotypeSource):
         if not path.is_file():
             raise GenotypeError(f"BGEN file {path} does not exist; check --bgen")
         check_bgen_blocks(path)  # before cbgen, which crashes on a truncated file
+        self._header = read_bgen_header(path)
+        self.decode_threads = decode_threads
         own_dir = None if metafile_dir is not None else Path(tempfile.mkdtemp(prefix="udip_bgen_"))
         metafile = Path(metafile_dir or own_dir) / (path.name + ".metafile")
         try:
@@ -557,18 +569,28 @@ class BgenSource(GenotypeSource):
         return variants, np.concatenate([p.offset for p in parts]).astype(np.uint64)
 
     def _decode(self, variant_rows: np.ndarray) -> np.ndarray:
+        out = np.empty((variant_rows.size, self.n_samples), dtype=np.float32)
+        reader = BgenBlockReader(self.path, self._header, self._sample_rows, self._count_first,
+                                 threads=self.decode_threads)
+        left = (reader.decode(self._offsets[variant_rows], self._file_snps[variant_rows], out) if reader.readable
+                else np.arange(variant_rows.size))
+        if left.size:
+            self._decode_with_cbgen(variant_rows, left, out)
+        return out
+
+    def _decode_with_cbgen(self, variant_rows: np.ndarray, which: np.ndarray, out: np.ndarray) -> None:
+        """Rows ``which`` of ``out`` through cbgen: zstd files and blocks the fast reader leaves."""
         import cbgen
 
-        out = np.empty((variant_rows.size, self.n_samples), dtype=np.float32)
         with cbgen.bgen_file(self.path) as bgen:
-            for k, row in enumerate(variant_rows):
+            for k in which:
+                row = variant_rows[k]
                 try:
                     gt = bgen.read_genotype(int(self._offsets[row]), precision=64)
                 except RuntimeError as exc:  # e.g. a probability block that does not decompress
                     raise GenotypeError(f"variant {self._file_snps[row]} of {self.path} cannot be decoded "
                                         f"({exc}); the file is damaged: copy or export it again") from exc
                 out[k] = self._dosage(gt, row)[self._sample_rows]
-        return out
 
     def _dosage(self, gt, row: int) -> np.ndarray:
         probs = gt.probability

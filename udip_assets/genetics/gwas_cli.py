@@ -48,7 +48,8 @@ def _genotype_source(bfile: Path | None, bgen: Path | None, sample: Path | None,
         raise UdipConfigError("--sample goes with --bgen; a PLINK fileset takes its samples from the .fam")
     if bfile is not None:
         return PlinkSource(bfile)
-    return BgenSource(bgen, sample_path=sample, a1_allele=bgen_a1)
+    # one decoding thread per chunk: the scan's workers already decode their chunks side by side
+    return BgenSource(bgen, sample_path=sample, a1_allele=bgen_a1, decode_threads=1)
 
 
 def read_covariates(path: Path | None, index: pd.Index) -> pd.DataFrame:

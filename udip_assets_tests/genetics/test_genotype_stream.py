@@ -40,14 +40,36 @@ def _dosage(rng, n: int, m: int, missing: float = 0.05) -> np.ndarray:
 
 
 def write_bgen(path: Path, iids: list[str], dosage: np.ndarray, variants: pd.DataFrame,
-               with_samples: bool = True) -> Path:
+               with_samples: bool = True, **layout) -> Path:
     """Minimal BGEN v1.2 writer: layout 2, zlib, 8-bit unphased probabilities of hard calls.
 
     The first allele is ``a2`` and the second ``a1`` (PLINK 2's REF-first order), so the expected
     count of the second allele equals ``dosage``; NaN is written as missing (ploidy byte | 0x80).
+    ``layout`` goes to :func:`write_bgen_values` (bits, phased, compression).
     """
     n, m = dosage.shape
-    flags = 1 | (2 << 2) | ((1 << 31) if with_samples else 0)
+    values = np.zeros((m, n, 2), dtype=np.int64)  # P(first/first), P(het); P(second/second) implied
+    top = (1 << layout.get("bits", 8)) - 1
+    if layout.get("phased"):  # each haplotype's P(first allele): het as first|second
+        values[..., 0] = np.where(dosage.T == 0, top, np.where(dosage.T == 1, top, 0))
+        values[..., 1] = np.where(dosage.T == 0, top, 0)
+    else:
+        values[..., 0] = np.where(dosage.T == 0, top, 0)
+        values[..., 1] = np.where(dosage.T == 1, top, 0)
+    return write_bgen_values(path, iids, values, np.isnan(dosage.T), variants, with_samples, **layout)
+
+
+def write_bgen_values(path: Path, iids: list[str], values: np.ndarray, missing: np.ndarray,
+                      variants: pd.DataFrame, with_samples: bool = True, bits: int = 8, phased: bool = False,
+                      compression: str = "zlib", ploidy: np.ndarray | None = None) -> Path:
+    """BGEN v1.2 layout 2 with given stored probabilities: ``values`` (m, n, 2) integers < 2^bits.
+
+    Unphased: P(first/first), P(first/second) per sample; phased: P(first allele) of each
+    haplotype. ``missing`` (m, n) sets bit 7 of the ploidy byte; ``ploidy`` (m, n) overrides the
+    ploidy (default 2). Values are packed ``bits`` bits each, little-endian, as the spec says.
+    """
+    m, n, _ = values.shape
+    flags = {"none": 0, "zlib": 1}[compression] | (2 << 2) | ((1 << 31) if with_samples else 0)
     header = struct.pack("<III", 20, m, n) + b"bgen" + struct.pack("<I", flags)  # L_H = 20: no free data
     samples = b""
     if with_samples:
@@ -59,16 +81,15 @@ def write_bgen(path: Path, iids: list[str], dosage: np.ndarray, variants: pd.Dat
         ident = b"".join(struct.pack("<H", len(x)) + x for x in (
             f"v{j}".encode(), str(v["snp"]).encode(), str(v["chrom"]).encode()))
         alleles = b"".join(struct.pack("<I", len(a)) + a.encode() for a in (v["a2"], v["a1"]))
-        g = dosage[:, j]
-        missing = np.isnan(g)
-        probs = np.zeros((n, 2), dtype=np.uint8)  # P(first/first), P(het); P(second/second) implied
-        probs[~missing & (g == 0), 0] = 255
-        probs[~missing & (g == 1), 1] = 255
-        ploidy = np.where(missing, 0x82, 0x02).astype(np.uint8)
-        raw = struct.pack("<IHBB", n, 2, 2, 2) + ploidy.tobytes() + struct.pack("<BB", 0, 8) + probs.tobytes()
-        packed = zlib.compress(raw)
-        out += [ident, struct.pack("<IH", int(v["pos_bp"]), 2), alleles,
-                struct.pack("<II", len(packed) + 4, len(raw)), packed]
+        pl = np.full(n, 2, dtype=np.int64) if ploidy is None else ploidy[j]
+        pbytes = (pl | np.where(missing[j], 0x80, 0)).astype(np.uint8)
+        bitarray = (values[j].reshape(-1, 1) >> np.arange(bits)) & 1  # (2n, bits), least significant first
+        probs = np.packbits(bitarray.astype(np.uint8).ravel(), bitorder="little")
+        raw = (struct.pack("<IHBB", n, 2, int(pl.min()), int(pl.max())) + pbytes.tobytes()
+               + struct.pack("<BB", int(phased), bits) + probs.tobytes())
+        block = (struct.pack("<II", len(zlib.compress(raw)) + 4, len(raw)) + zlib.compress(raw)
+                 if compression == "zlib" else struct.pack("<I", len(raw)) + raw)
+        out += [ident, struct.pack("<IH", int(v["pos_bp"]), 2), alleles, block]
     path.write_bytes(b"".join(out))
     return path
 
@@ -197,6 +218,70 @@ def test_bgen_dosage_equals_the_bed(tmp_path, fileset, with_samples):
     sub = BgenSource(bgen, sample_path=sample, sample_iids=["id9", "id4"], chrom=3)
     cols = np.flatnonzero(variants["chrom"].to_numpy() == 3)
     np.testing.assert_array_equal(sub.read(), d[np.ix_([9, 4], cols)])
+
+
+def _soft_values(rng, m: int, n: int, bits: int, phased: bool) -> np.ndarray:
+    """(m, n, 2) stored probabilities: any haplotype values when phased, on the simplex otherwise."""
+    top = (1 << bits) - 1
+    v0 = rng.integers(0, top + 1, (m, n))
+    v1 = rng.integers(0, top + 1, (m, n)) if phased else (rng.random((m, n)) * (top - v0 + 1)).astype(np.int64)
+    return np.stack([v0, np.minimum(v1, top if phased else top - v0)], axis=-1)
+
+
+@pytest.mark.parametrize(("bits", "phased", "compression"), [
+    (8, False, "zlib"), (8, True, "zlib"), (8, False, "none"), (16, False, "zlib"), (3, False, "zlib"),
+    (10, True, "none"), (23, False, "zlib"), (32, False, "zlib")])
+@pytest.mark.parametrize("a1_allele", ["second", "first"])
+def test_block_reader_equals_cbgen(tmp_path, bits, phased, compression, a1_allele):
+    """udip's batched decoder against cbgen's one-variant reader on soft probabilities of any bit
+    depth, phased or not, with missing calls and a sample subset in another order."""
+    rng = np.random.default_rng(bits)
+    n, m = 41, 150
+    iids = [f"id{k}" for k in range(n)]
+    values = _soft_values(rng, m, n, bits, phased)
+    bgen = write_bgen_values(tmp_path / "s.bgen", iids, values, rng.random((m, n)) < 0.05,
+                             _variants(m, chroms=(1, 2)), bits=bits, phased=phased, compression=compression)
+    for subset in (None, [f"id{k}" for k in rng.permutation(n)[:17]]):
+        source = BgenSource(bgen, a1_allele=a1_allele, sample_iids=subset, decode_threads=3)
+        fast = source.read()
+        if compression == "zlib":  # cbgen (limix bgen < 4.12) misreads uncompressed layout-2 blocks
+            reference = np.empty((m, source.n_samples), dtype=np.float32)
+            source._decode_with_cbgen(np.arange(m), np.arange(m), reference)
+            np.testing.assert_array_equal(np.isnan(fast), np.isnan(reference.T))
+            np.testing.assert_allclose(fast, reference.T, rtol=0, atol=2.5e-7)  # one float32 ulp at 2
+        assert np.isnan(fast).any() and not np.isnan(fast).all()
+        top = (1 << bits) - 1  # and against the spec's formula, independently of either decoder
+        second = (2 * top - (1 if phased else 2) * values[..., 0] - values[..., 1]) / top
+        expected = (2 - second if a1_allele == "first" else second).T[source._sample_rows]
+        np.testing.assert_allclose(np.nan_to_num(fast, nan=-1), np.where(np.isnan(fast), -1, expected), atol=2.5e-7)
+
+
+def test_blocks_the_reader_leaves_go_to_cbgen(tmp_path):
+    """A haploid call (chromosome X in males) is outside the batched layout: cbgen reads that
+    block and the dosage check names the variant; the other variants decode as before."""
+    rng = np.random.default_rng(9)
+    n, m = 20, 6
+    iids = [f"id{k}" for k in range(n)]
+    ploidy = np.full((m, n), 2)
+    ploidy[3, 5] = 1
+    values = _soft_values(rng, m, n, 8, False)
+    bgen = write_bgen_values(tmp_path / "h.bgen", iids, values, np.zeros((m, n), bool), _variants(m),
+                             ploidy=ploidy)
+    source = BgenSource(bgen)
+    np.testing.assert_allclose(source.read(0, 3).T, (510 - 2 * values[:3, :, 0] - values[:3, :, 1]) / 255, atol=2.5e-7)
+    with pytest.raises(GenotypeError, match=r"variant rs103 of .*h\.bgen is not biallelic diploid \(ploidy \[1, 2\]"):
+        source.read()
+
+
+def test_a_damaged_probability_block_names_the_variant(tmp_path, fileset):
+    _, iids, d = fileset
+    whole = bytearray(write_bgen(tmp_path / "g.bgen", iids, d, _variants(90)).read_bytes())
+    whole[-40:-30] = b"\xff" * 10  # inside the last variant's compressed block
+    (tmp_path / "bad.bgen").write_bytes(bytes(whole))
+    source = BgenSource(tmp_path / "bad.bgen")
+    source.read(0, 89)
+    with pytest.raises(GenotypeError, match=r"variant rs189 of .*bad\.bgen cannot be decoded .*the file is damaged"):
+        source.read(80, 90)
 
 
 def test_bgen_without_sample_ids_needs_a_sample_file(tmp_path, fileset):
