@@ -48,6 +48,7 @@ class GwasAssetConfig(dg.Config):
     keep_p: float = GwasConfig().keep_p
     multivariate: bool = GwasConfig().multivariate
     inverse_normal: bool = GwasConfig().inverse_normal
+    device: str = GwasConfig().device
     split: str = "inference"
 
     def covariate_spec(self) -> CovariateSpec:
@@ -56,7 +57,7 @@ class GwasAssetConfig(dg.Config):
     def to_domain(self) -> GwasConfig:
         return GwasConfig(missing=self.missing, maf_min=self.maf_min, call_rate_min=self.call_rate_min,
                           chunk_variants=self.chunk_variants, dtype=self.dtype, keep_p=self.keep_p,
-                          multivariate=self.multivariate, inverse_normal=self.inverse_normal)
+                          multivariate=self.multivariate, inverse_normal=self.inverse_normal, device=self.device)
 
 
 def model_gwas_dir(home: UdipHome, cohort: str, model_id: str) -> Path:

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from udip_assets.errors import SummaryStatsError, require_field
+from udip_assets.errors import SummaryStatsError, UdipConfigError, require_field
 from udip_assets.genetics import multivariate as mv
 from udip_assets.genetics.accumulate import Accumulator, Binner
 from udip_assets.genetics.clump import MINP_COLUMNS
@@ -56,7 +56,15 @@ from udip_assets.genetics.gwas_tables import (
     fuma_minp_table,
     lambda_from_histogram,
 )
-from udip_assets.genetics.ols_kernel import Block, Stats, chunk_sums, drop_rows, prepare_block, statistics
+from udip_assets.genetics.ols_kernel import (
+    Block,
+    DeviceProduct,
+    Stats,
+    chunk_sums,
+    drop_rows,
+    prepare_block,
+    statistics,
+)
 from udip_assets.genetics.pvalues import PValueTables, p_to_abs_t, t_to_neg_log10_p, t_to_p
 from udip_assets.genetics.residualize import NullModel, Residualizer, align_samples, null_model
 from udip_assets.genetics.sumstats_io import SumstatsWriter
@@ -99,6 +107,11 @@ class GwasConfig:
         Also run the joint F test of all dims per SNP (``GwasResult.multivariate``).
     inverse_normal : bool
         Rank-based inverse-normal transform of each phenotype column before the scan.
+    device : str
+        Where the genotype x ``[Y_res | Q]`` product runs: 'cpu' (numpy BLAS) or a torch CUDA
+        device ('cuda', 'cuda:1'), in ``dtype``; decoding, statistics, p-values and the float64
+        refits of hits stay on the CPU either way, so results equal the CPU path's to float32
+        rounding of the product.
 
     Notes
     -----
@@ -119,6 +132,7 @@ class GwasConfig:
     threads: int | None = None
     multivariate: bool = True
     inverse_normal: bool = False
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         _require(self.missing in MISSING_MODES, "missing", f"one of {MISSING_MODES}", self.missing)
@@ -130,6 +144,8 @@ class GwasConfig:
         _require(0 < self.keep_p <= 1, "keep_p", "in (0, 1]", self.keep_p)
         _require(self.threads is None or (isinstance(self.threads, int | np.integer) and self.threads >= 1),
                  "threads", "None or an integer >= 1", self.threads)
+        _require(isinstance(self.device, str) and (self.device == "cpu" or self.device.split(":")[0] == "cuda"),
+                 "device", "'cpu' or a CUDA device ('cuda', 'cuda:0', ...)", self.device)
         for name in ("multivariate", "inverse_normal"):
             _require(isinstance(getattr(self, name), bool | np.bool_), name, "True or False", getattr(self, name))
 
@@ -224,11 +240,11 @@ def _single_threaded_blas() -> Iterator[None]:
 
 
 def _chunk_statistics(source: GenotypeSource, bounds: tuple[int, int], model: NullModel, cfg: GwasConfig,
-                      n_columns: int, binner: Binner, full: bool,
-                      tables: PValueTables | None = None) -> tuple[Block, Stats, int]:
+                      n_columns: int, binner: Binner, full: bool, tables: PValueTables | None = None,
+                      product: DeviceProduct | None = None) -> tuple[Block, Stats, int]:
     """Worker: decode, filter and centre one chunk, one matrix product, statistics (+ full columns)."""
     block = prepare_block(source.read_chunk(*bounds), cfg, n_columns)
-    sums = chunk_sums(block, model, cfg, model.rhs)
+    sums = chunk_sums(block, model, cfg, model.rhs, product)
     n_singular = int((~sums.ok).sum())
     if n_singular:  # covariates rank-deficient on a SNP's called samples: not testable
         block, sums = drop_rows(block, sums, np.flatnonzero(sums.ok))
@@ -237,6 +253,19 @@ def _chunk_statistics(source: GenotypeSource, bounds: tuple[int, int], model: Nu
     if full:
         st.full = st.full_columns(tables)
     return block, st, n_singular
+
+
+def device_product(rhs: np.ndarray, device: str) -> DeviceProduct | None:
+    """The product on ``device`` (None for 'cpu', numpy's BLAS); a missing CUDA device is named."""
+    if device == "cpu":
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UdipConfigError(f"GwasConfig.device is {device!r} but torch sees no CUDA device "
+                              f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
+                              "run on a GPU node or use device='cpu'")
+    return DeviceProduct(rhs, device)
 
 
 def _in_order(pool: ThreadPoolExecutor, work: Callable, items: Sequence, ahead: int) -> Iterator:
@@ -379,7 +408,8 @@ def _scan(genotypes: GenotypeSource, phenotypes: pd.DataFrame, covariates: pd.Da
     with SumstatsWriter(sumstats_path) as writer, _single_threaded_blas(), \
             ThreadPoolExecutor(n_workers, thread_name_prefix="gwas") as pool:
         work = partial(_chunk_statistics, source, model=model, cfg=cfg, n_columns=residualizer.n_columns,
-                       binner=binner, full=writer.active, tables=PValueTables())
+                       binner=binner, full=writer.active, tables=PValueTables(),
+                       product=device_product(model.rhs, cfg.device))
         results = _in_order(pool, work, bounds, n_workers + 1)
         for (start, stop), (block, st, n_singular) in zip(bounds, results, strict=True):
             acc.add(block, st, n_singular)

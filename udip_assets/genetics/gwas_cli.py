@@ -136,20 +136,22 @@ def _summary(result: GwasResult, cfg: GwasConfig, inputs: dict, files: dict, sig
               help="Precision of the genotype matrix products (hits are always float64).")
 @click.option("--threads", type=int, default=_DEFAULTS.threads,
               help="Worker threads (default: all available CPUs).")
+@click.option("--device", default=_DEFAULTS.device, show_default=True,
+              help="Where the genotype matrix products run: cpu, or a CUDA device (cuda, cuda:1).")
 @click.option("--no-sumstats", is_flag=True, help="Skip the full per-SNP x phenotype Parquet files.")
 @click.option("--no-multivariate", is_flag=True, default=not _DEFAULTS.multivariate,
               help="Skip the joint F test of all phenotypes per SNP (multivariate.tsv).")
 @click.option("--inverse-normal", is_flag=True, default=_DEFAULTS.inverse_normal,
               help="Rank-based inverse-normal transform of each phenotype (Blom) before the scan.")
 def gwas_command(bfile, bgen, sample, bgen_a1, pheno, covar, out_dir, threshold, sig_p, chunk_size, missing,
-                 maf, call_rate, dtype, threads, no_sumstats, no_multivariate, inverse_normal) -> None:
+                 maf, call_rate, dtype, threads, device, no_sumstats, no_multivariate, inverse_normal) -> None:
     """Linear regression of every phenotype on every SNP with covariates (exact OLS, as plink2 --glm),
     and the joint F test of all phenotypes per SNP."""
     started = time.perf_counter()
     plots_import = _import_plots_early()
     try:
         cfg = GwasConfig(missing=missing.replace("-", "_"), maf_min=maf, call_rate_min=call_rate,
-                         chunk_variants=chunk_size, dtype=dtype, keep_p=threshold, threads=threads,
+                         chunk_variants=chunk_size, dtype=dtype, keep_p=threshold, threads=threads, device=device,
                          multivariate=not no_multivariate, inverse_normal=inverse_normal)
         source = _genotype_source(bfile, bgen, sample, bgen_a1)
         phenotypes = read_plink2_table(pheno)

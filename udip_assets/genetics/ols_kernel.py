@@ -177,10 +177,30 @@ class Sums:
     r2: np.ndarray | None = None
 
 
-def chunk_sums(block: Block, model: NullModel, cfg: GwasConfig, rhs: np.ndarray) -> Sums:
-    """One matrix product for the chunk, then the exact per-SNP downdate for missing calls."""
+class DeviceProduct:
+    """``g @ rhs`` on a torch device (a GPU): ``rhs`` copied there once, each chunk's ``g`` through
+    pinned memory, the (v, P + c) product back as float64; the statistics stay on the CPU."""
+
+    def __init__(self, rhs: np.ndarray, device: str) -> None:
+        torch = _torch()
+        self.device = torch.device(device)
+        self._pin = self.device.type == "cuda"
+        self._rhs = torch.from_numpy(np.ascontiguousarray(rhs)).to(self.device)
+
+    def __call__(self, g: np.ndarray) -> np.ndarray:
+        torch = _torch()
+        host = torch.from_numpy(np.ascontiguousarray(g))
+        if self._pin:
+            host = host.pin_memory()
+        return (host.to(self.device, non_blocking=self._pin) @ self._rhs).double().cpu().numpy()
+
+
+def chunk_sums(block: Block, model: NullModel, cfg: GwasConfig, rhs: np.ndarray,
+               product: DeviceProduct | None = None) -> Sums:
+    """One matrix product for the chunk (on ``product``'s device when given), then the exact per-SNP
+    downdate for missing calls."""
     n_dims = model.n_dims
-    prod = (block.g @ rhs).astype(np.float64)  # (v, P + c)
+    prod = product(block.g) if product is not None else (block.g @ rhs).astype(np.float64)  # (v, P + c)
     if block.offset is not None:  # uncentred g: (g - mean)' rhs = g' rhs - mean 1' rhs
         prod -= block.offset[:, None] * rhs.sum(axis=0, dtype=np.float64)[None, :]
     gy = prod[:, :n_dims]

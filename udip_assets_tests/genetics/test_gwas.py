@@ -413,3 +413,38 @@ def test_p_value_tables_follow_each_rows_df():
     p, nl = _PValueTables().p_and_neg_log10_p(t, df)
     np.testing.assert_allclose(p, t_to_p(t, df[:, None]), rtol=1e-10)
     np.testing.assert_allclose(nl, t_to_neg_log10_p(t, df[:, None]), rtol=1e-11, atol=1e-11)
+
+
+def test_device_product_through_torch_equals_the_blas_product():
+    """The GPU path's product object, run on torch's CPU device here: ``g @ [Y_res | Q]`` as numpy
+    computes it, to float32 rounding, for a chunk whose columns are not contiguous."""
+    from udip_assets.genetics.ols_kernel import DeviceProduct
+
+    rng = np.random.default_rng(2)
+    rhs = rng.standard_normal((300, 11)).astype(np.float32)
+    g = np.asfortranarray(rng.integers(0, 3, (64, 300)).astype(np.float32))
+    got = DeviceProduct(rhs, "cpu")(g)
+    assert got.dtype == np.float64 and got.shape == (64, 11)
+    np.testing.assert_allclose(got, g.astype(np.float64) @ rhs.astype(np.float64), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA device")
+def test_a_cuda_device_that_is_absent_is_named(cohort):
+    _, g, variants, pheno, cov = cohort
+    with pytest.raises(UdipConfigError, match=r"GwasConfig\.device is 'cuda' but torch sees no CUDA device .*"
+                                              r"run on a GPU node or use device='cpu'"):
+        _scan(g, variants, pheno, cov, device="cuda")
+    with pytest.raises(UdipConfigError, match=r"GwasConfig\.device must be 'cpu' or a CUDA device"):
+        GwasConfig(device="gpu")
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("missing", ["drop", "mean_impute"])
+def test_cuda_products_give_the_cpu_results(tmp_path, cohort, missing):
+    _, g, variants, pheno, cov = cohort
+    cpu, s_cpu = _scan(g, variants, pheno, cov, tmp_path, missing=missing, keep_p=1e-4, dtype="float32")
+    gpu, s_gpu = _scan(g, variants, pheno, cov, tmp_path, missing=missing, keep_p=1e-4, dtype="float32",
+                       device="cuda")
+    assert np.max(np.abs(s_gpu["neg_log10_p"] - s_cpu["neg_log10_p"])) <= 1e-4
+    pd.testing.assert_frame_equal(gpu.hits, cpu.hits, rtol=1e-9)  # hits are refitted in float64 on the CPU
+    pd.testing.assert_frame_equal(gpu.multivariate, cpu.multivariate, rtol=1e-4)
