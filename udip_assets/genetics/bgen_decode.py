@@ -4,9 +4,9 @@ cbgen decodes one variant per call into float64 probabilities, ~100 us per varia
 (10 s per 100,000 variants on one core, more than the GWAS products). UK Biobank's imputed files
 are one layout: v1.2, zlib, unphased, biallelic, diploid, 8 bits per probability. For such blocks
 this module decompresses (zlib releases the GIL, so threads decompress in parallel), lays the
-blocks of a batch of variants side by side as one byte matrix and turns each sample's two
-probability bytes into its dosage with one gather through a 65,536-entry table; only the samples
-used are gathered. Any other bit depth is unpacked arithmetically. Blocks it does not read
+blocks of a batch of variants side by side as one byte matrix and computes every dosage of the
+batch at once from the two probability bytes of each sample used (strided views when all samples
+are used, one gather otherwise). Other bit depths are unpacked with shifts. Blocks it does not read
 (zstd, a ploidy other than 2, more than two alleles) are left to the caller (``None`` rows).
 
 The block layout (BGEN spec, layout 2): N (uint32), K (uint16), Pmin, Pmax (uint8), N ploidy
@@ -23,7 +23,6 @@ import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ import numpy as np
 from udip_assets.errors import GenotypeError
 
 COMPRESSION = {0: "none", 1: "zlib", 2: "zstd"}
-_BATCH_BYTES = 64 << 20  # decompressed bytes laid side by side per batch (bounds memory at 500k samples)
+_BATCH_BYTES = 4 << 20  # decompressed bytes laid side by side per batch (cache-sized; bounds memory)
 
 
 @dataclass(frozen=True)
@@ -55,20 +54,6 @@ def read_bgen_header(path: Path | str) -> BgenHeader:
         (flags,) = struct.unpack("<I", fh.read(4))
     return BgenHeader(n_variants, n_samples, COMPRESSION.get(flags & 3, f"unknown ({flags & 3})"),
                       (flags >> 2) & 15)
-
-
-@cache
-def _pair_table(phased: bool, count_first: bool) -> np.ndarray:
-    """(65536,) float32 dosage of the allele counted, indexed by ``v0 + 256 v1`` (8-bit values).
-
-    Unphased: the count of the second allele is P(f/s) + 2 P(s/s) = (510 - 2 v0 - v1) / 255;
-    phased: (1 - h1) + (1 - h2) = (510 - v0 - v1) / 255. Pairs outside the simplex (v0 + v1 > 255,
-    unphased) cannot occur in a valid file; they decode to the same formula.
-    """
-    v0, v1 = np.meshgrid(np.arange(256), np.arange(256), indexing="xy")  # v0 varies fastest
-    second = (510 - (1 if phased else 2) * v0 - v1) / 255.0
-    counted = 2.0 - second if count_first else second
-    return counted.astype(np.float32).ravel()
 
 
 class BgenBlockReader:
@@ -96,6 +81,7 @@ class BgenBlockReader:
         self.count_first = count_first
         self.threads = max(1, threads if threads is not None else min(4, os.cpu_count() or 1))
         self._fast_header = struct.pack("<IHBB", header.n_samples, 2, 2, 2)  # N, K = 2, ploidy 2..2
+        self._all_samples = bool(np.array_equal(self.sample_rows, np.arange(header.n_samples)))
 
     @property
     def readable(self) -> bool:
@@ -190,30 +176,49 @@ class BgenBlockReader:
             bad = int(np.flatnonzero(phased_col > 1)[0])
             raise GenotypeError(f"variant {names[rows[bad]]} of {self.path} has phased flag {int(phased_col[bad])}; "
                                 "the file is damaged: copy or export it again")
-        for phased, bits in {(int(p), int(b)) for p, b in zip(phased_col, bits_col, strict=True)}:
-            sel = np.flatnonzero((phased_col == phased) & (bits_col == bits))
-            values = self._counted(matrix[sel], bool(phased), bits, names[rows[sel[0]]])
-            values[matrix[sel][:, 8 + self.sample_rows] >= 0x80] = np.nan  # ploidy byte bit 7: missing
-            out[rows[sel]] = values
+        kinds = {(int(p), int(b)) for p, b in zip(phased_col, bits_col, strict=True)}
+        for phased, bits in kinds:
+            sel = None if len(kinds) == 1 else np.flatnonzero((phased_col == phased) & (bits_col == bits))
+            sub = matrix if sel is None else matrix[sel]
+            values = self._counted(sub, bool(phased), bits, names[rows[0 if sel is None else sel[0]]])
+            missing = self._columns(sub, 8) >= 0x80  # ploidy byte bit 7: missing
+            if missing.any():
+                values[missing] = np.nan
+            out[rows if sel is None else rows[sel]] = values
+
+    def _columns(self, matrix: np.ndarray, offset: int, stride: int = 1) -> np.ndarray:
+        """(v, n_used) bytes ``offset + stride * sample`` of each row, for the samples used in order."""
+        n = self.header.n_samples
+        if self._all_samples:
+            return matrix[:, offset:offset + stride * n:stride]
+        return matrix[:, offset + stride * self.sample_rows]
 
     def _counted(self, matrix: np.ndarray, phased: bool, bits: int, name) -> np.ndarray:
-        """(v, n_used) float32 count of the counted allele from the probability bytes of ``matrix``."""
+        """(v, n_used) float32 count of the counted allele from the probability bytes of ``matrix``.
+
+        With the stored values v0, v1 and top = 2^bits - 1, the second allele's count is
+        (2 top - v0 - v1) / top when phased and (2 top - 2 v0 - v1) / top when not; the numerator
+        is exact in integers and divided once, so the float32 result is correctly rounded.
+        """
         n = self.header.n_samples
         start = 10 + n
         if not 1 <= bits <= 32 or matrix.shape[1] < start + -(-2 * n * bits // 8):
             raise GenotypeError(f"variant {name} of {self.path} stores {bits}-bit probabilities in a block of "
                                 f"{matrix.shape[1]} bytes; the file is damaged: copy or export it again")
-        if bits == 8:
-            pairs = np.ascontiguousarray(matrix[:, start:start + 2 * n]).view("<u2")  # v0 + 256 v1
-            return np.take(_pair_table(phased, self.count_first), pairs[:, self.sample_rows])
-        v0, v1 = (_unpack(matrix[:, start:], 2 * self.sample_rows + j, bits) for j in (0, 1))
-        scale = float((1 << bits) - 1)
-        second = (2 * scale - (1 if phased else 2) * v0 - v1) / scale
-        return (2.0 - second if self.count_first else second).astype(np.float32)
+        top = (1 << bits) - 1
+        if bits == 8:  # float32 holds these small integers exactly
+            v0, v1 = (self._columns(matrix, start + j, 2).astype(np.float32) for j in (0, 1))
+        else:
+            v0, v1 = (_unpack(matrix[:, start:], 2 * self.sample_rows + j, bits) for j in (0, 1))
+        second = 2 * top - (1 if phased else 2) * v0 - v1
+        counted = 2 * top - second if self.count_first else second
+        if bits <= 16:  # numerators below 2^18: exact in float32
+            return counted.astype(np.float32) / np.float32(top)
+        return (counted / float(top)).astype(np.float32)
 
 
 def _unpack(packed: np.ndarray, index: np.ndarray, bits: int) -> np.ndarray:
-    """(v, len(index)) float64 of the ``index``-th ``bits``-bit little-endian values of each row."""
+    """(v, len(index)) int64 of the ``index``-th ``bits``-bit little-endian values of each row."""
     bit = index.astype(np.int64) * bits
     byte, shift = bit // 8, (bit % 8).astype(np.uint64)
     span = -(-(7 + bits) // 8)
@@ -221,4 +226,4 @@ def _unpack(packed: np.ndarray, index: np.ndarray, bits: int) -> np.ndarray:
     word = np.zeros((packed.shape[0], index.size), dtype=np.uint64)
     for t in range(span):
         word |= padded[:, byte + t].astype(np.uint64) << np.uint64(8 * t)
-    return ((word >> shift) & np.uint64((1 << bits) - 1)).astype(np.float64)
+    return ((word >> shift) & np.uint64((1 << bits) - 1)).astype(np.int64)
