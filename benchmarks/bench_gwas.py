@@ -15,6 +15,9 @@ Data (generated once into ``--work``, reused by later runs with the same sizes):
   40 causal SNPs acting on 1-3 phenotypes each (0.15-0.6 per allele, phenotype sd ~2.2), and
   ~18 covariates (age, sex, 10 PCs that carry part of the genotype signal, two ancestry dummies,
   an inverted-CNR measure, three centre dummies), written as PLINK 2 ``--pheno`` / ``--covar`` files;
+* the complete genotypes as UK Biobank ships imputed data, BGEN v1.2 with zlib and 8-bit
+  probabilities, exported by ``plink2 --export bgen-1.2 bits=8 ref-first``; both tools read it
+  (``udip gwas --bgen``, ``plink2 --bgen ... ref-first``), which puts a number on decoding;
 * the same genotypes with 1 % of calls set missing at random, as a second fileset, and the first
   ``--plink2-missing-snps`` SNPs of it as a third (PLINK 2 is ~180x slower with missing calls, so
   it runs on that subset, and the full-size time is projected linearly; ours runs on both).
@@ -191,27 +194,57 @@ def run_process(cmd: list[str], log: Path) -> dict:
             "command": " ".join(cmd)}
 
 
-def run_ours(work: Path, fileset: str, threads: int) -> dict:
-    out = work / f"ours_{fileset}"
+def export_bgen(work: Path, fileset: str) -> Path:
+    """``fileset`` as UK Biobank ships imputed data (BGEN v1.2, zlib, 8 bits), written by PLINK 2 once.
+
+    'ref-first' puts the .bim's A2 first, so the second allele, which both tools count by default
+    for a BGEN (``udip gwas --bgen-a1 second``; ``plink2 --bgen ... ref-first``), is the .bed's A1.
+    """
+    prefix = work / f"{fileset}_bgen"
+    if not (prefix.with_suffix(".bgen").exists() and prefix.with_suffix(".sample").exists()):
+        subprocess.run([shutil.which("plink2") or "plink2", "--bfile", str(work / fileset), "--export",
+                        "bgen-1.2", "bits=8", "ref-first", "--out", str(prefix)], check=True, capture_output=True)
+    return prefix
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _genotype_args(work: Path, fileset: str, bgen: bool, plink: bool = False) -> list[str]:
+    if not bgen:
+        return ["--bfile", str(work / fileset)]
+    prefix = export_bgen(work, fileset)
+    return ["--bgen", str(prefix.with_suffix(".bgen")), *(["ref-first"] if plink else []),
+            "--sample", str(prefix.with_suffix(".sample"))]
+
+
+def run_ours(work: Path, fileset: str, threads: int, bgen: bool = False, device: str = "cpu") -> dict:
+    tag = f"{fileset}{'_bgen' if bgen else ''}{'' if device == 'cpu' else '_' + device.replace(':', '')}"
+    out = work / f"ours_{tag}"
     shutil.rmtree(out, ignore_errors=True)
     udip = str(Path(sys.executable).with_name("udip"))
-    cmd = [udip, "gwas", "--bfile", str(work / fileset), "--pheno", str(work / "pheno.txt"),
+    cmd = [udip, "gwas", *_genotype_args(work, fileset, bgen), "--pheno", str(work / "pheno.txt"),
            "--covar", str(work / "covar.txt"), "--out", str(out), "--maf", "0", "--call-rate", "0",
-           "--threads", str(threads)]
-    res = run_process(cmd, work / f"ours_{fileset}.log")
+           "--threads", str(threads), "--device", device]
+    res = run_process(cmd, work / f"ours_{tag}.log")
     res["summary"] = json.loads((out / "summary.json").read_text())
     res["out"] = str(out)
     return res
 
 
-def run_plink2(work: Path, fileset: str, threads: int) -> dict:
-    out = work / f"plink2_{fileset}"
+def run_plink2(work: Path, fileset: str, threads: int, bgen: bool = False) -> dict:
+    tag = f"{fileset}{'_bgen' if bgen else ''}"
+    out = work / f"plink2_{tag}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    cmd = [shutil.which("plink2") or "plink2", "--bfile", str(work / fileset), "--pheno", str(work / "pheno.txt"),
+    cmd = [shutil.which("plink2") or "plink2", *_genotype_args(work, fileset, bgen, plink=True),
+           "--pheno", str(work / "pheno.txt"),
            "--covar", str(work / "covar.txt"), "--covar-variance-standardize", "--glm", "hide-covar", "log10",
            "--threads", str(threads), "--out", str(out / "plink")]
-    res = run_process(cmd, work / f"plink2_{fileset}.log")
+    res = run_process(cmd, work / f"plink2_{tag}.log")
     res["out"] = str(out)
     return res
 
@@ -270,6 +303,11 @@ def render_markdown(label: str, r: dict) -> str:
         lines.append(f"| {case['name']} | plink2 --glm | {case['snps_plink2']:,} | {plink['wall_s']:.1f} | "
                      f"{plink['peak_rss_mb']:.0f} | {case['snps_plink2'] * p['phenotypes'] / plink['wall_s']:.3g} "
                      "| 1x | | |")
+    by_name = {case["name"]: case for case in r["cases"]}
+    if {"complete", "complete, BGEN 1.2 8-bit"} <= set(by_name):
+        bed, bgen = by_name["complete"]["ours"]["wall_s"], by_name["complete, BGEN 1.2 8-bit"]["ours"]["wall_s"]
+        lines += ["", f"BGEN: ours {bgen:.1f} s against {bed:.1f} s from the .bed, i.e. decoding the BGEN costs "
+                  f"{bgen - bed:+.1f} s per {p['snps']:,} SNPs x {p['samples']:,} samples beside the products."]
     lines += ["", f"Targets: >= 10x on complete data, >= 50x with 1 % missing calls, identical significant SNPs, "
               f"max |d -log10 p| <= 1e-4, peak RSS < 1.5 GB. ({tests:,} tests per full run.)", ""]
     lines += [" ".join(NOTES.split()), ""]
@@ -308,6 +346,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", help="JSON results file")
     ap.add_argument("--results-md", help="update this RESULTS.md's GWAS section")
     ap.add_argument("--label", default="N=5,000, M=100,000, P=128, CPU")
+    ap.add_argument("--cases", default="complete,cuda,bgen,missing", type=lambda v: set(v.split(",")),
+                    help="comma-separated cases: complete, cuda (ours with the products on the GPU; "
+                         "skipped without one), bgen (the complete data as BGEN 1.2 8-bit, both tools), "
+                         "missing (1 %% missing calls, subset and full)")
     args = ap.parse_args(argv)
     if shutil.which("plink2") is None:
         sys.exit("plink2 is not on PATH: sudo apt-get install plink2")
@@ -316,14 +358,22 @@ def main(argv: list[str] | None = None) -> dict:
               "command": "python benchmarks/bench_gwas.py " + " ".join(argv), "params": meta["params"],
               "n_covariates": meta["n_covariates"], "threads": args.threads, "cases": []}
     n_sub = min(args.plink2_missing_snps, args.snps)
-    for name, fileset, plink_set in (("complete", "complete", "complete"),
-                                     ("1 % missing, subset", "missing_sub", "missing_sub"),
-                                     ("1 % missing", "missing", None)):
-        ours = run_ours(args.work, fileset, args.threads)
+    cases = [("complete", "complete", "complete", "complete", False, "cpu"),
+             ("cuda", "complete, products on CUDA", "complete", "complete", False, "cuda"),
+             ("bgen", "complete, BGEN 1.2 8-bit", "complete", "complete", True, "cpu"),
+             ("missing", "1 % missing, subset", "missing_sub", "missing_sub", False, "cpu"),
+             ("missing", "1 % missing", "missing", None, False, "cpu")]
+    for key, name, fileset, plink_set, bgen, device in cases:
+        if key not in args.cases:
+            continue
+        if device != "cpu" and not _cuda_available():
+            print(f"{name}: skipped, torch sees no CUDA device on this machine", flush=True)
+            continue
+        ours = run_ours(args.work, fileset, args.threads, bgen=bgen, device=device)
         print(f"{name}: ours {ours['wall_s']:.1f} s, {ours['peak_rss_mb']:.0f} MB", flush=True)
         case = {"name": name, "ours": ours, "snps_ours": ours["summary"]["n_variants"]}
         if plink_set is not None:
-            plink = run_plink2(args.work, plink_set, args.threads)
+            plink = run_plink2(args.work, plink_set, args.threads, bgen=bgen)
             print(f"{name}: plink2 {plink['wall_s']:.1f} s, {plink['peak_rss_mb']:.0f} MB", flush=True)
             case.update(plink2=plink, snps_plink2=n_sub if plink_set == "missing_sub" else args.snps,
                         accuracy=accuracy(ours["out"], plink["out"], args.phenotypes))

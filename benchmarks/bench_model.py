@@ -3,7 +3,7 @@
 Usage
 -----
     .venv/bin/python benchmarks/bench_model.py [--geometry paper demo] [--reps 10] [--threads 2] \
-        [--out benchmarks/results/model.json] [--results-md benchmarks/RESULTS.md]
+        [--authors-repo PATH] [--out benchmarks/results/model.json] [--results-md benchmarks/RESULTS.md]
 
 Inputs are synthetic T1 brains rendered by :mod:`udip_assets.imaging.synth_brain` from the MNI152
 template (1 mm for ``paper``, 2 mm for ``demo``; head size 1.0, random warps of different seeds, as
@@ -24,6 +24,13 @@ Variants, all the same code (:class:`udip_assets.model.vit_ae.ViTAE`) and the sa
 ``ours_bf16_loop``
     As ``ours_bf16`` but the training step loops over the scans (batches of one, loss averaged),
     the simplest way to per-scan kept sets, against which packing is judged.
+``authors`` (paper geometry, with ``--authors-repo``)
+    The authors' own implementation, unmodified: ``models.model_avg_pool.AVGPOOLMODEL`` of a
+    checkout of https://github.com/ZhiGroup/UDIP-ViT (not shipped with udip; ``git clone`` it and
+    pass its folder), built as their notebook builds it (embed_dim 128, decoder_embed_dim 64,
+    8 heads), fed the same two scans with the mask their dataset computes (voxel != 0), trained
+    with AdamW as ours. Its weights are its own initialisation, so it takes no part in the loss
+    agreement.
 
 Measured, interleaved round-robin so that load changes hit every variant alike:
 
@@ -70,6 +77,7 @@ VARIANTS = {
     "ours_bf16_loop": dict(union_mask=False, attn_backend="auto", bf16=True),
 }
 LOOPED = {"ours_bf16_loop"}  # variants whose training step runs one scan at a time
+AUTHORS = "authors"  # the authors' code (--authors-repo), paper geometry only
 GEOMETRIES = {"paper": 1, "demo": 2}  # preset -> resolution (mm) of the rendered brains
 
 
@@ -95,6 +103,31 @@ def build(geometry: str, names: list[str]) -> dict[str, ViTAE]:
     return models
 
 
+def authors_model(repo: Path) -> torch.nn.Module:
+    """The authors' AVGPOOLMODEL from a checkout of ZhiGroup/UDIP-ViT at ``repo``, at the paper's sizes."""
+    if not (repo / "models" / "model_avg_pool.py").is_file():
+        sys.exit(f"--authors-repo {repo}: no models/model_avg_pool.py there; pass a checkout of "
+                 "https://github.com/ZhiGroup/UDIP-ViT")
+    sys.path.insert(0, str(repo))
+    from models.model_avg_pool import AVGPOOLMODEL  # the authors' package, imported from their checkout
+
+    torch.manual_seed(0)
+    return AVGPOOLMODEL(embed_dim=128, decoder_embed_dim=64, num_heads=8)
+
+
+def _loss(name: str, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The training loss of a batch: ours take (B, 1, X, Y, Z); the authors' (B, X, Y, Z) and its mask."""
+    if name == AUTHORS:
+        return model(x[:, 0], (x[:, 0] != 0).int())[1]
+    return model(x).loss
+
+
+def _encode(name: str, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if name == AUTHORS:
+        return model.encoder(x[:, 0], (x[:, 0] != 0).int())[0].mean(1)
+    return model.encode(x)
+
+
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -107,7 +140,7 @@ def _summary(times: list[float]) -> dict:
             "n": len(times)}
 
 
-def bench_train(models: dict[str, ViTAE], x: torch.Tensor, reps: int, warmup: int = 2) -> dict:
+def bench_train(models: dict[str, torch.nn.Module], x: torch.Tensor, reps: int, warmup: int = 2) -> dict:
     """Seconds per training step (forward + backward + AdamW), interleaved round-robin."""
     opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-3) for name, m in models.items()}
 
@@ -117,7 +150,7 @@ def bench_train(models: dict[str, ViTAE], x: torch.Tensor, reps: int, warmup: in
             for i in range(len(x)):
                 (models[name](x[i:i + 1]).loss / len(x)).backward()
         else:
-            models[name](x).loss.backward()
+            _loss(name, models[name], x).backward()
         opts[name].step()
 
     for m in models.values():
@@ -132,7 +165,7 @@ def bench_train(models: dict[str, ViTAE], x: torch.Tensor, reps: int, warmup: in
     return {name: _summary(t) for name, t in times.items()}
 
 
-def bench_infer(models: dict[str, ViTAE], x: torch.Tensor, reps: int, warmup: int = 1) -> dict:
+def bench_infer(models: dict[str, torch.nn.Module], x: torch.Tensor, reps: int, warmup: int = 1) -> dict:
     """Seconds per scan of a no-grad forward (encode + decode + loss) and of encode alone."""
     for m in models.values():
         m.eval()
@@ -142,8 +175,8 @@ def bench_infer(models: dict[str, ViTAE], x: torch.Tensor, reps: int, warmup: in
         for rep in range(warmup + reps):
             for name, m in models.items():
                 batches = [x[i:i + 1] for i in range(len(x))] if name in LOOPED else [x]
-                t_fwd = _timed(lambda m=m, batches=batches: [m(b) for b in batches])
-                t_enc = _timed(lambda m=m, batches=batches: [m.encode(b) for b in batches])
+                t_fwd = _timed(lambda m=m, name=name, batches=batches: [_loss(name, m, b) for b in batches])
+                t_enc = _timed(lambda m=m, name=name, batches=batches: [_encode(name, m, b) for b in batches])
                 if rep >= warmup:
                     fwd[name].append(t_fwd / len(x))
                     enc[name].append(t_enc / len(x))
@@ -158,6 +191,8 @@ def agreement(models: dict[str, ViTAE], x: torch.Tensor) -> dict:
         alone = torch.cat([base(x[i:i + 1]).per_scan_loss for i in range(len(x))])  # own kept sets
         out["reference_per_scan_loss"] = alone.tolist()
         for name, m in models.items():
+            if name == AUTHORS:
+                continue
             loss = m.eval()(x).per_scan_loss
             out[name] = {"per_scan_loss": loss.tolist(),
                          "max_abs_diff_vs_reference": float((loss - alone).abs().max()),
@@ -210,12 +245,14 @@ def machine() -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
-def run_geometry(geometry: str, reps: int, names: list[str]) -> dict:
-    """All measurements for one preset geometry."""
+def run_geometry(geometry: str, reps: int, names: list[str], authors_repo: Path | None = None) -> dict:
+    """All measurements for one preset geometry (the authors' code beside ours at the paper's)."""
     t0 = time.perf_counter()
     x = synthetic_brains(GEOMETRIES[geometry])
     render_s = time.perf_counter() - t0
-    models = build(geometry, names)
+    models: dict[str, torch.nn.Module] = dict(build(geometry, names))
+    if authors_repo is not None and geometry == "paper":
+        models[AUTHORS] = authors_model(authors_repo)
     cfg = models["baseline"].cfg
     kept = models["ours_fp32"].kept_mask(x)
     result = {"config": dataclasses.asdict(cfg), "input_shape": list(x.shape), "render_s": render_s,
@@ -249,7 +286,7 @@ def render_markdown(label: str, command: str, result: dict) -> str:
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for name, t in g["train_step"].items():
             inf = g["inference"][name]
-            agree = g["agreement"][name]["max_rel_diff_vs_reference"]
+            agree = g["agreement"].get(name, {}).get("max_rel_diff_vs_reference", float("nan"))
             lines.append(f"| {name} | {t['median_s']:.3f} [{t['q1_s']:.3f}-{t['q3_s']:.3f}], "
                          f"{t['min_s']:.3f} | "
                          f"{_speedup(base_t, t)} | {inf['forward']['median_s']:.3f}, "
@@ -276,9 +313,17 @@ def _verdict(result: dict) -> list[str]:
     best = max((n for n in g["train_step"] if n.startswith("ours")),
                key=lambda n: -g["train_step"][n]["median_s"])
     best_x = g["train_step"]["baseline"]["median_s"] / g["train_step"][best]["median_s"]
-    return [f"Targets at the paper geometry (ours_bf16 vs baseline, medians): training step {train:.2f}x "
-            f"(>= 2x {status[train >= 2]}), inference {infer:.2f}x (>= 2x {status[infer >= 2]}); "
-            f"fastest training variant {best} {best_x:.2f}x.", ""]
+    lines = [f"Targets at the paper geometry (ours_bf16 vs baseline, medians): training step {train:.2f}x "
+             f"(>= 2x {status[train >= 2]}), inference {infer:.2f}x (>= 2x {status[infer >= 2]}); "
+             f"fastest training variant {best} {best_x:.2f}x.", ""]
+    if AUTHORS in g["train_step"]:
+        authors = g["train_step"][AUTHORS]["median_s"]
+        against = {n: authors / g["train_step"][n]["median_s"] for n in g["train_step"] if n.startswith("ours")}
+        fastest = max(against, key=against.get)
+        lines += ["Against the authors' code, same run and inputs (training step, medians): "
+                  + ", ".join(f"{n} {v:.2f}x" for n, v in against.items())
+                  + f"; CPU target >= 1.5x: {status[against[fastest] >= 1.5]} ({fastest}).", ""]
+    return lines
 
 
 NOTES_TEXT = """
@@ -322,6 +367,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--out", help="JSON results file")
     ap.add_argument("--results-md", help="update this RESULTS.md's ViT-AE section")
     ap.add_argument("--label", default="synthetic brains, batch 2, CPU", help="subsection title")
+    ap.add_argument("--authors-repo", type=Path,
+                    help="a checkout of github.com/ZhiGroup/UDIP-ViT: its model runs beside ours (paper geometry)")
     return ap.parse_args(argv)
 
 
@@ -333,7 +380,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
               "command": "python benchmarks/bench_model.py " + " ".join(argv), "geometries": {}}
     for geometry in args.geometry:
-        result["geometries"][geometry] = run_geometry(geometry, args.reps, names)
+        result["geometries"][geometry] = run_geometry(geometry, args.reps, names, args.authors_repo)
         print(json.dumps({geometry: {k: result["geometries"][geometry][k]
                                      for k in ("train_step", "tokens_per_scan")}}, indent=1), flush=True)
     result["machine_after"] = machine()
