@@ -8,14 +8,14 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 export UDIP_HOME ?= $(CURDIR)/.udip
 
 DEMO_NAME     ?= demo
-DEMO_SUBJECTS ?= 2200
+DEMO_SUBJECTS ?= 3000
 DEMO_SEED     ?= 0
-# Training needs far fewer scans than the GWAS: a fixed 120 train / 40 val, the rest is the GWAS set.
-DEMO_TRAIN    ?= 120
+# Training needs far fewer scans than the GWAS: a fixed 360 train / 40 val, the rest is the GWAS set.
+DEMO_TRAIN    ?= 360
 DEMO_VAL      ?= 40
 DEMO_PRESET   ?= demo
-# Loci are counted for the checkpoints of epochs 15 and 30 (each costs an encoding of the GWAS set).
-DEMO_SWEEP_EVERY ?= 15
+# Loci are counted for the checkpoints of epochs 5 and 10 (each costs an encoding of the GWAS set).
+DEMO_SWEEP_EVERY ?= 5
 # Extra model options, e.g. make demo DEMO_MODEL_ARGS='--epochs 60' DEMO_OVERRIDES='{"enc_depth":8}'
 # (the overrides are JSON and go to the shell single-quoted, so their double quotes survive).
 DEMO_MODEL_ARGS ?=
