@@ -290,6 +290,7 @@ def truth(cohort: str, model_id: str | None, control: bool) -> None:
                    f"({_percent(score.recall)}); precision {score.n_true_loci}/{score.n_loci} loci with a planted "
                    f"SNP within 250 kb ({_percent(score.precision)})")
     _encoding_report(spec, sample, planted)
+    _decoder_report(cohort, model_id)
     _planted_region_report(cohort, model_id, loci, planted, scores)
     if control:
         _truth_control(spec, sample, planted)
@@ -360,6 +361,22 @@ def _encoding_report(spec, sample, planted) -> None:
     table = encoding_diagnostics(sample.phenotypes, measured)
     click.echo("how well the UDIPs encode each planted phenotype (GWAS subjects; truth used for evaluation only):")
     click.echo(format_diagnostics(table, effective_rank(sample.phenotypes.to_numpy())))
+
+
+def _decoder_report(cohort: str, model_id: str) -> None:
+    """How much of the subjects' departures from the cohort mean the decoder reproduces (reconstruction_qc)."""
+    try:
+        row = _read("SELECT * FROM udip_spectrum WHERE cohort = ? AND model_id = ?", [cohort, model_id])
+    except Exception:  # no reconstruction_qc yet
+        row = None
+    if row is None or row.empty or "deviation_r2" not in row or row["deviation_r2"].isna().all():
+        click.echo("decoder spread: not measured yet (materialize reconstruction_qc)")
+        return
+    r = row.iloc[0]
+    click.echo(f"decoder: reconstructions reproduce {r.deviation_r2:.1%} of {int(r.decoder_n_subjects)} GWAS-set "
+               f"subjects' departures from the cohort mean image; between-subject variance per brain voxel "
+               f"{r.recon_between_variance:.4f} in the reconstructions against {r.input_between_variance:.4f} in "
+               "the inputs (a decoder near the cohort mean gives weak, diffuse PerDI maps)")
 
 
 def _planted_region_report(cohort: str, model_id: str, loci, planted, scores) -> None:

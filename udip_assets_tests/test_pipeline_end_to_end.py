@@ -133,6 +133,10 @@ def test_loci_are_found_and_are_the_planted_ones(pipeline, udip_home):
     assert len(spectrum) == 1 and spectrum["n_dims"].item() == 32
     assert 1 <= spectrum["participation_ratio"].item() <= 32
     assert 1 <= spectrum["n_pcs_90"].item() <= spectrum["n_pcs_99"].item() <= 32
+    # the decoder spread is measured on GWAS-set scans: a share of a variance, from real reconstructions
+    assert 2 <= spectrum["decoder_n_subjects"].item() <= 32
+    assert spectrum["input_between_variance"].item() > 0 and spectrum["recon_between_variance"].item() >= 0
+    assert np.isfinite(spectrum["deviation_r2"].item()) and spectrum["deviation_r2"].item() < 1
 
 
 def test_a_32_dim_model_is_thresholded_at_5e_8_over_32(pipeline):
@@ -207,6 +211,8 @@ def test_truth_scores_the_loci_and_runs_the_control_on_the_gwas_subjects(pipelin
     assert f"model {model_id}: GWAS of {n_gwas} subjects x 32 UDIP dims" in out.output
     assert re.search(r"^minp: recall \d+/\d+ detectable planted loci", out.output, flags=re.M)
     assert re.search(r"^planted-region hit rate: \d+/\d+", out.output, flags=re.M)
+    assert re.search(r"^decoder: reconstructions reproduce -?\d+\.\d% of \d+ GWAS-set subjects' departures",
+                     out.output, flags=re.M)
     assert re.search(r"^multivariate: recall \d+/\d+ detectable planted loci", out.output, flags=re.M)
     assert re.search(r"^vol_ventricles\s+\d+\s+-?\d\.\d\d\s+udip_\d{3}", out.output, flags=re.M)
     assert "UDIP effective rank: participation ratio" in out.output

@@ -30,10 +30,16 @@ from udip_assets.defs.metadata import table_metadata
 from udip_assets.defs.partitions import cohort_partitions
 from udip_assets.defs.resources import UdipHome
 from udip_assets.defs.tracking import MlflowTracking
-from udip_assets.interpret.qc import effective_rank, extreme_outliers, loss_figure, udip_violin_figure
+from udip_assets.interpret.qc import (
+    DecoderSpreadAccumulator,
+    effective_rank,
+    extreme_outliers,
+    loss_figure,
+    udip_violin_figure,
+)
 from udip_assets.model.checkpoint import epoch_checkpoint_name, load_checkpoint, model_id_for
 from udip_assets.model.config import preset
-from udip_assets.model.extract import extract_udips, reconstruction_figure
+from udip_assets.model.extract import extract_udips, iter_reconstructions, reconstruction_figure
 from udip_assets.model.train import EpochMetrics, TrainCallback, train_model
 from udip_assets.store.schema import (
     CHECKPOINTS,
@@ -436,15 +442,27 @@ def udip_embeddings(context: dg.AssetExecutionContext, config: EmbeddingConfig, 
 @dg.asset(partitions_def=cohort_partitions, group_name="model", ins={"embedded": dg.AssetIn("udip_embeddings")},
           kinds={"duckdb"})
 def reconstruction_qc(context: dg.AssetExecutionContext, home: UdipHome, embedded: ModelRef) -> dg.MaterializeResult:
-    """Reconstruction loss (3-IQR extreme outliers, figures), UDIP violins, UDIP spread (``udip_spectrum``)."""
+    """Reconstruction loss (3-IQR extreme outliers, figures), UDIP violins, UDIP spread and how much of the
+    subjects' departures from the cohort mean the decoder reproduces (``udip_spectrum``)."""
     cohort, model_id = context.partition_key, embedded.model_id
     udips = home.query("SELECT * FROM udips WHERE cohort = ? AND model_id = ? ORDER BY subject_id", [cohort, model_id])
     losses = udips.set_index("subject_id")["recon_loss"]
     summary, is_outlier = extreme_outliers(losses)
     matrix = udips[model_udip_columns(udips)].to_numpy("float64")
     spectrum = effective_rank(matrix)
+    spread = _decoder_spread(home, cohort, model_id)
+    if spread is None:
+        context.log.warning("fewer than 2 preprocessed GWAS-set scans: the decoder spread is not measured")
+        spread_row = {"decoder_n_subjects": None, "input_between_variance": None, "recon_between_variance": None,
+                      "deviation_r2": None}
+    else:
+        context.log.info(f"decoder reproduces {spread.deviation_r2:.1%} of {spread.n_subjects} GWAS-set subjects' "
+                         f"departures from the cohort mean (between-subject variance: inputs "
+                         f"{spread.input_variance:.4f}, reconstructions {spread.recon_variance:.4f})")
+        spread_row = {"decoder_n_subjects": spread.n_subjects, "input_between_variance": spread.input_variance,
+                      "recon_between_variance": spread.recon_variance, "deviation_r2": spread.deviation_r2}
     home.write(UDIP_SPECTRUM, pd.DataFrame([{**asdict(spectrum), "explained": json.dumps(list(spectrum.explained)),
-                                             "computed_at": datetime.now(UTC).replace(tzinfo=None)}]),
+                                             **spread_row, "computed_at": datetime.now(UTC).replace(tzinfo=None)}]),
                cohort=cohort, model_id=model_id)
     out = home.artifacts("qc", cohort, model_id)
     loss_png = loss_figure(losses, summary, out / "reconstruction_loss.png")
@@ -461,9 +479,30 @@ def reconstruction_qc(context: dg.AssetExecutionContext, home: UdipHome, embedde
         "q1": summary.q1, "q3": summary.q3, "n_extreme_outliers": summary.n_outliers,
         "participation_ratio": spectrum.participation_ratio, "n_pcs_90": spectrum.n_pcs_90,
         "n_pcs_99": spectrum.n_pcs_99, "pc1_fraction": spectrum.pc1_fraction,
+        **{k: v for k, v in spread_row.items() if v is not None},
         "outlier_losses": dg.MetadataValue.json([round(float(v), 6) for v in outliers]),
         "loss_figure": inline_figure(loss_png, "reconstruction loss"),
         "udip_violins": inline_figure(violin_png, "UDIP violins")})
 
+
+def _decoder_spread(home: UdipHome, cohort: str, model_id: str):
+    """:class:`~udip_assets.interpret.qc.DecoderSpread` of the first DECODER_SPREAD_SCANS GWAS-set scans (None
+    with fewer than 2)."""
+    from udip_assets.imaging.anatomy import load_anatomy
+    from udip_assets.imaging.preprocess import pad_to_patch_multiple
+
+    scans = split_scans(home, cohort, ("inference",)).head(DECODER_SPREAD_SCANS)
+    if len(scans) < 2:
+        return None
+    net = load_checkpoint(checkpoint_row(home, model_id)["path"], device="cpu").model
+    mask = pad_to_patch_multiple(load_anatomy(load_cohort(home.cohort_dir(cohort)).grid).brain_mask, net.cfg.patch)
+    acc = DecoderSpreadAccumulator(mask)
+    for original, recon in iter_reconstructions(net, scans["cache_path"]):
+        acc.update(original, recon)
+    return acc.result()
+
+
+# Scans reconstructed for the decoder-spread QC: ~3 s at the demo geometry on 2 cores, ~10 s at 1 mm.
+DECODER_SPREAD_SCANS = 32
 
 model_assets = [vit_ae_model, udip_embeddings, reconstruction_qc]

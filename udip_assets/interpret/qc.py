@@ -9,6 +9,17 @@ quartiles from numpy's default linear interpolation.
 The UDIP spectrum (:func:`effective_rank`) says how many directions of the 128-d code carry the
 cohort's variation: a code whose variance sits in one or two principal components has lost most of
 what the image could tell a GWAS, however many dimensions it nominally has.
+
+**How much the decoder uses the code** (:class:`DecoderSpread`). A reconstruction loss well below
+the intensity variance can be earned by decoding the cohort's mean brain for everyone. What tells a
+model that carries each subject's anatomy through its bottleneck from one that does not is how much
+of each subject's departure from the cohort mean its reconstruction reproduces: with ``dx_i = x_i -
+mean_j x_j`` and ``dr_i = r_i - mean_j r_j`` over the template brain's voxels,
+``deviation_r2 = 1 - sum_i |dx_i - dr_i|^2 / sum_i |dx_i|^2`` (1: every departure reproduced; 0: the
+same image for every subject, or departures as wrong as they are large; negative: worse than that).
+``recon_variance / input_variance`` is the share of the between-subject variance the reconstructions
+carry. PerDI reads the decoder's answer to a shift of the code, so a small deviation R2 also means
+weak, diffuse PerDI maps.
 """
 
 from __future__ import annotations
@@ -106,6 +117,76 @@ def effective_rank(udips: np.ndarray) -> UdipSpectrum:
                         participation_ratio=float(total**2 / np.sum(eig**2)), n_pcs_90=n_pcs(0.90),
                         n_pcs_99=n_pcs(0.99), pc1_fraction=float(frac[0]),
                         explained=tuple(float(f) for f in frac[:16]))
+
+
+@dataclass(frozen=True)
+class DecoderSpread:
+    """Between-subject variation of the inputs and of their reconstructions (see the module Notes).
+
+    Attributes
+    ----------
+    n_subjects, n_voxels : int
+        Scans and template-brain voxels summed over.
+    input_variance, recon_variance : float
+        Mean over voxels of the between-subject variance (ddof 0) of the inputs / reconstructions.
+    deviation_r2 : float
+        ``1 - sum |dx - dr|^2 / sum |dx|^2``.
+    """
+
+    n_subjects: int
+    n_voxels: int
+    input_variance: float
+    recon_variance: float
+    deviation_r2: float
+
+
+class DecoderSpreadAccumulator:
+    """:class:`DecoderSpread` of (input, reconstruction) pairs fed one at a time, in bounded memory.
+
+    Keeps two float64 voxel sums (of the inputs and of the reconstructions, over ``mask``) and three
+    scalars, whatever the number of scans: ``sum |x - xbar|^2 = sum |x|^2 - n |xbar|^2`` and the same
+    for ``r`` and ``x - r``, since ``dx - dr = (x - r) - mean(x - r)``.
+    """
+
+    def __init__(self, mask: np.ndarray) -> None:
+        mask = np.asarray(mask)
+        if mask.dtype != bool or not mask.any():
+            raise UdipConfigError(f"mask must be a boolean brain mask with a True voxel, got {mask.dtype} "
+                                  f"with {int(np.count_nonzero(mask))} voxels set")
+        self.mask = mask
+        self.n = 0
+        self._sum_x = np.zeros(int(mask.sum()))
+        self._sum_r = np.zeros_like(self._sum_x)
+        self._sq = {"x": 0.0, "r": 0.0, "e": 0.0}
+
+    def update(self, original: np.ndarray, recon: np.ndarray) -> None:
+        """Add one scan: ``original`` and ``recon`` of the mask's shape (a leading 1 is dropped)."""
+        x, r = (np.asarray(v, dtype=np.float64) for v in (original, recon))
+        x, r = (v[0] if v.ndim == self.mask.ndim + 1 and v.shape[0] == 1 else v for v in (x, r))
+        if x.shape != self.mask.shape or r.shape != self.mask.shape:
+            raise UdipConfigError(f"input {x.shape} and reconstruction {r.shape} must both have the mask's "
+                                  f"shape {self.mask.shape} (the model's padded volume)")
+        x, r = x[self.mask], r[self.mask]
+        self._sum_x += x
+        self._sum_r += r
+        self._sq["x"] += float(x @ x)
+        self._sq["r"] += float(r @ r)
+        e = x - r
+        self._sq["e"] += float(e @ e)
+        self.n += 1
+
+    def result(self) -> DecoderSpread:
+        if self.n < 2:
+            raise UdipConfigError(f"the between-subject spread needs at least 2 scans, got {self.n}")
+        n, v = self.n, self._sum_x.size
+        ss_x = self._sq["x"] - float(self._sum_x @ self._sum_x) / n
+        ss_r = self._sq["r"] - float(self._sum_r @ self._sum_r) / n
+        sum_e = self._sum_x - self._sum_r
+        ss_e = self._sq["e"] - float(sum_e @ sum_e) / n
+        if ss_x <= 0:
+            raise UdipConfigError("the inputs do not vary between subjects inside the mask; nothing to reproduce")
+        return DecoderSpread(n_subjects=n, n_voxels=v, input_variance=ss_x / (n * v),
+                             recon_variance=max(ss_r, 0.0) / (n * v), deviation_r2=1.0 - max(ss_e, 0.0) / ss_x)
 
 
 def extreme_outliers(losses: pd.Series, k: float = 3.0) -> tuple[LossSummary, pd.Series]:

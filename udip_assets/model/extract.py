@@ -11,7 +11,7 @@ other scans of its batch, so the table does not depend on ``batch_size`` (up to 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -141,18 +141,30 @@ def _mid_slices(vol: np.ndarray) -> list[np.ndarray]:
     return [vol[:, :, z], vol[:, y, :], vol[x, :, :]]
 
 
-@torch.no_grad()
+def iter_reconstructions(model: ViTAE | nn.Module, volumes: Iterable) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(original, reconstruction) of each volume, (X, Y, Z) float32 each, one scan in memory at a time.
+
+    ``volumes``: preprocessed caches or arrays on the model's grid. The model runs on its own device
+    in eval mode; its mode is restored when the iterator is exhausted or closed.
+    """
+    net = getattr(model, "module", model)
+    device = next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    try:
+        for v in volumes:
+            x = _volume(v)  # (1, X, Y, Z)
+            with torch.no_grad():
+                r = net.reconstruct(x.unsqueeze(0).to(device)).cpu()  # (1, 1, X, Y, Z)
+            yield x[0].numpy(), r[0, 0].numpy()
+    finally:
+        net.train(was_training)
+
+
 def _reconstruct(model: ViTAE, volumes: Sequence) -> tuple[np.ndarray, np.ndarray]:
     """(originals, reconstructions), each (n, X, Y, Z) float32, one scan at a time."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        originals = torch.stack([_volume(v) for v in volumes])  # (n, 1, X, Y, Z)
-        recon = torch.cat([model.reconstruct(x.unsqueeze(0).to(device)).cpu() for x in originals])
-    finally:
-        model.train(was_training)
-    return originals[:, 0].numpy(), recon[:, 0].numpy()
+    pairs = list(iter_reconstructions(model, volumes))
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
 def _figure(originals: np.ndarray, recon: np.ndarray, labels: Sequence[str], difference: bool = False
@@ -218,4 +230,4 @@ def reconstruction_figure(model: ViTAE | nn.Module, volumes: Sequence, subject_l
     return Path(path)
 
 
-__all__ = ["extract_udips", "reconstruction_figure", "udip_columns"]
+__all__ = ["extract_udips", "iter_reconstructions", "reconstruction_figure", "udip_columns"]

@@ -236,7 +236,9 @@ UDIP_SPECTRUM = Table(
     name="udip_spectrum",
     grain="one row per cohort x model_id: the spread of the UDIPs over their dimensions (participation "
     "ratio, PCs holding 90 % / 99 % of the variance, PC1's share; explained = JSON list of the first 16 "
-    "PCs' variance fractions)",
+    "PCs' variance fractions), and how much of the subjects' departures from the cohort mean image the "
+    "decoder reproduces (deviation_r2 over decoder_n_subjects GWAS-set scans; between-subject variance "
+    "of the inputs and of the reconstructions, per template-brain voxel)",
     columns=(
         ("cohort", "VARCHAR NOT NULL"),
         ("model_id", "VARCHAR NOT NULL"),
@@ -247,6 +249,10 @@ UDIP_SPECTRUM = Table(
         ("n_pcs_99", "INTEGER"),
         ("pc1_fraction", "DOUBLE"),
         ("explained", "VARCHAR"),
+        ("decoder_n_subjects", "INTEGER"),
+        ("input_between_variance", "DOUBLE"),
+        ("recon_between_variance", "DOUBLE"),
+        ("deviation_r2", "DOUBLE"),
         ("computed_at", "TIMESTAMP"),
     ),
     partition_by=("cohort", "model_id"),

@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 from udip_assets.errors import UdipConfigError
-from udip_assets.interpret.qc import extreme_outliers, loss_figure, udip_violin_figure
+from udip_assets.interpret.qc import DecoderSpreadAccumulator, extreme_outliers, loss_figure, udip_violin_figure
 
 
 def test_fences_and_outliers_match_scipy_iqr():
@@ -88,3 +88,61 @@ def test_effective_rank_refuses_bad_input(udips, message):
     with pytest.raises(UdipConfigError, match=message) as info:
         effective_rank(udips)
     assert "udips" in str(info.value)
+
+
+# ------------------------------------------------------------------------------ decoder spread
+def _spread(originals, recons, mask):
+    acc = DecoderSpreadAccumulator(mask)
+    for x, r in zip(originals, recons, strict=True):
+        acc.update(x, r)
+    return acc.result()
+
+
+def test_decoder_spread_matches_a_two_pass_numpy_computation():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(7, 5, 6, 4))
+    r = 0.6 * x + rng.normal(scale=0.3, size=x.shape) + 2.0  # an offset must not count as a departure
+    mask = rng.random((5, 6, 4)) < 0.6
+    got = _spread(x, r, mask)
+    xv, rv = x[:, mask], r[:, mask]  # (n, v), centred over subjects explicitly
+    dx, dr = xv - xv.mean(0), rv - rv.mean(0)
+    assert got.n_subjects == 7 and got.n_voxels == mask.sum()
+    np.testing.assert_allclose(got.input_variance, xv.var(axis=0).mean(), rtol=1e-12)
+    np.testing.assert_allclose(got.recon_variance, rv.var(axis=0).mean(), rtol=1e-12)
+    np.testing.assert_allclose(got.deviation_r2, 1 - ((dx - dr) ** 2).sum() / (dx**2).sum(), rtol=1e-12)
+
+
+def test_decoder_spread_of_hand_built_decoders():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(6, 4, 4, 4)).astype(np.float32)
+    mask = np.ones((4, 4, 4), dtype=bool)
+    mean = x.mean(0, keepdims=True)
+    perfect = _spread(x, x, mask)
+    assert perfect.deviation_r2 == pytest.approx(1.0)
+    assert perfect.recon_variance == pytest.approx(perfect.input_variance)
+    template = _spread(x, np.repeat(mean, 6, axis=0), mask)  # the cohort mean for everyone
+    assert template.deviation_r2 == pytest.approx(0.0, abs=1e-6)
+    assert template.recon_variance == pytest.approx(0.0, abs=1e-9)
+    half = _spread(x, mean + 0.5 * (x - mean), mask)  # every departure at half its size
+    assert half.deviation_r2 == pytest.approx(0.75, rel=1e-5)
+    assert half.recon_variance / half.input_variance == pytest.approx(0.25, rel=1e-5)
+    # only the mask's voxels count: garbage outside it changes nothing
+    noisy = x.copy()
+    mask[0] = False
+    noisy[:, 0] = 1e6
+    assert _spread(noisy, x, mask).deviation_r2 == pytest.approx(1.0)
+
+
+def test_decoder_spread_refuses_bad_input():
+    mask = np.ones((2, 2, 2), dtype=bool)
+    acc = DecoderSpreadAccumulator(mask)
+    with pytest.raises(UdipConfigError, match="mask's shape"):
+        acc.update(np.zeros((3, 2, 2)), np.zeros((3, 2, 2)))
+    acc.update(np.ones((1, 2, 2, 2)), np.ones((2, 2, 2)))  # a leading channel axis is accepted
+    with pytest.raises(UdipConfigError, match="at least 2 scans"):
+        acc.result()
+    acc.update(np.ones((2, 2, 2)), np.ones((2, 2, 2)))
+    with pytest.raises(UdipConfigError, match="do not vary"):
+        acc.result()
+    with pytest.raises(UdipConfigError, match="boolean brain mask"):
+        DecoderSpreadAccumulator(np.zeros((2, 2, 2), dtype=bool))
