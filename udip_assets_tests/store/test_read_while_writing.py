@@ -102,18 +102,21 @@ def test_udip_sql_answers_during_a_gwas_partition_write(tmp_path):
     assert after.stdout.split() == ["chrom,n", "11,8000000", "6,1000"] and "snapshot" not in after.stderr
 
 
-def test_udip_sql_answers_during_a_dbt_build(tmp_path):
+def _sql_during_dbt_build(folder: Path) -> tuple[bool, float, object]:
+    """One dbt build over a fresh warehouse in ``folder`` and ``udip sql`` as soon as dbt holds the file:
+    (whether the reader met the held lock, its seconds, its CliRunner result)."""
     from udip_assets.defs.dbt_project import DBT_PROJECT_DIR
     from udip_assets_tests.test_dbt_annotations import seed_annotation_inputs
 
-    db = tmp_path / "warehouse.duckdb"
+    folder.mkdir()
+    db = folder / "warehouse.duckdb"
     seed_annotation_inputs(db)
     scans = pd.DataFrame({"cohort": "c", "subject_id": ["s1", "s2", "s3"], "visit": 2, "path": ["a", "b", "c"],
                           "status": "ok", "checked_at": pd.Timestamp("2026-12-01")})
     write_partition(db, SCANS, scans, {"cohort": "c"})
     build = subprocess.Popen(
         [str(Path(sys.executable).parent / "dbt"), "build", "--project-dir", str(DBT_PROJECT_DIR),
-         "--profiles-dir", str(DBT_PROJECT_DIR), "--target-path", str(tmp_path / "target"),
+         "--profiles-dir", str(DBT_PROJECT_DIR), "--target-path", str(folder / "target"),
          "--vars", json.dumps({"cohort": "c"})],
         env={**os.environ, "UDIP_WAREHOUSE": str(db)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -128,11 +131,24 @@ def test_udip_sql_answers_during_a_dbt_build(tmp_path):
     finally:
         out, _ = build.communicate(timeout=300)
     assert build.returncode == 0, out[-3000:]
-    assert proc.exit_code == 0, proc.output
-    assert seconds < 5, f"udip sql took {seconds:.1f} s during dbt build"
     # the reader met the held lock: it answered from the snapshot, or dbt was still running when it answered
-    assert still_building or "snapshot" in proc.stderr, "dbt finished before the reader met its lock"
-    assert proc.stdout.split() == ["n", "3"]
+    return still_building or "snapshot" in proc.stderr, seconds, proc
+
+
+def test_udip_sql_answers_during_a_dbt_build(tmp_path):
+    # The small dbt build holds the file for a few seconds; now and then it lets go between the moment
+    # the lock is seen and the reader's first try, and that attempt tests nothing (the reader then
+    # meets a free file). Such an attempt is repeated, up to three in all; every attempt's answer must
+    # be right and quick, and one of them must have met the lock.
+    met = False
+    for attempt in range(3):
+        met, seconds, proc = _sql_during_dbt_build(tmp_path / f"attempt{attempt}")
+        assert proc.exit_code == 0, proc.output
+        assert seconds < 5, f"udip sql took {seconds:.1f} s during dbt build"
+        assert proc.stdout.split() == ["n", "3"]
+        if met:
+            break
+    assert met, "in three dbt builds, each finished before the reader met its lock"
 
 
 def test_without_snapshots_a_reader_waits_for_the_lock(tmp_path, monkeypatch):
