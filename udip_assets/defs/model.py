@@ -451,16 +451,16 @@ def reconstruction_qc(context: dg.AssetExecutionContext, home: UdipHome, embedde
     matrix = udips[model_udip_columns(udips)].to_numpy("float64")
     spectrum = effective_rank(matrix)
     spread = _decoder_spread(home, cohort, model_id)
+    spread_row = dict.fromkeys(("decoder_n_subjects", "input_between_variance", "recon_between_variance",
+                                "deviation_r2"))
     if spread is None:
         context.log.warning("fewer than 2 preprocessed GWAS-set scans: the decoder spread is not measured")
-        spread_row = {"decoder_n_subjects": None, "input_between_variance": None, "recon_between_variance": None,
-                      "deviation_r2": None}
     else:
         context.log.info(f"decoder reproduces {spread.deviation_r2:.1%} of {spread.n_subjects} GWAS-set subjects' "
                          f"departures from the cohort mean (between-subject variance: inputs "
                          f"{spread.input_variance:.4f}, reconstructions {spread.recon_variance:.4f})")
-        spread_row = {"decoder_n_subjects": spread.n_subjects, "input_between_variance": spread.input_variance,
-                      "recon_between_variance": spread.recon_variance, "deviation_r2": spread.deviation_r2}
+        spread_row.update(decoder_n_subjects=spread.n_subjects, input_between_variance=spread.input_variance,
+                          recon_between_variance=spread.recon_variance, deviation_r2=spread.deviation_r2)
     home.write(UDIP_SPECTRUM, pd.DataFrame([{**asdict(spectrum), "explained": json.dumps(list(spectrum.explained)),
                                              **spread_row, "computed_at": datetime.now(UTC).replace(tzinfo=None)}]),
                cohort=cohort, model_id=model_id)
