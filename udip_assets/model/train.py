@@ -56,6 +56,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from tqdm.auto import tqdm
 
 from udip_assets.errors import UdipConfigError
 from udip_assets.imaging.dataset import PreprocessedScanDataset
@@ -510,6 +511,19 @@ def _check_inputs(model_cfg: object, train_cfg: object, train_paths: Sequence, v
         raise UdipConfigError(f"max_steps must be None or an integer >= 0, got {max_steps!r}")
 
 
+def training_mean_volume(dataset: PreprocessedScanDataset, show_progress: bool = False) -> torch.Tensor:
+    """Voxelwise mean of the training volumes (X, Y, Z) float32, summed in float64 in file order.
+
+    The centre of a ``centre_on_mean`` model (:meth:`ViTAE.set_mean_volume`); one pass over the
+    caches, one volume in memory at a time, so every process of a DDP run computes the same mean.
+    """
+    total = None
+    for i in tqdm(range(len(dataset)), desc="mean volume", unit="scan", disable=not show_progress):
+        volume = dataset[i]["volume"][0].double()  # (X, Y, Z)
+        total = volume if total is None else total.add_(volume)
+    return (total / len(dataset)).float()
+
+
 def train_model(model_cfg: ModelConfig, train_cfg: TrainConfig, train_paths: Sequence[str | Path],
                 val_paths: Sequence[str | Path], out_dir: str | Path, *, device: str | torch.device = "cpu",
                 callbacks: Sequence[TrainCallback] | None = None, resume: bool = True,
@@ -568,8 +582,11 @@ def train_model(model_cfg: ModelConfig, train_cfg: TrainConfig, train_paths: Seq
         last = out_dir / LAST_NAME
         if last.exists() and resume:
             run.resume_from(last)
-        elif last.exists():
-            log.warning("resume=False: starting over in %s; its checkpoints will be overwritten", out_dir)
+        else:
+            if last.exists():
+                log.warning("resume=False: starting over in %s; its checkpoints will be overwritten", out_dir)
+            if model_cfg.centre_on_mean:
+                run.model.set_mean_volume(training_mean_volume(train_ds, show_progress and info.is_main))
         train_loader, sampler, val_loader = make_loaders(train_ds, val_ds, train_cfg, info)
         for epoch in range(run.epoch, train_cfg.epochs):
             if run.train_epoch(epoch, train_loader, sampler, max_steps):

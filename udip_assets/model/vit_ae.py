@@ -11,6 +11,9 @@ Architecture (the paper's Methods and Table 1; structure after MAE):
   only that patch's positional embedding; ``dec_depth`` blocks, LayerNorm, and a linear layer that
   predicts the patch's P voxels.
 * Loss: per-voxel MSE over the scan's kept patches, averaged over the scans of the batch.
+* Optional centring (``ModelConfig.centre_on_mean``): a fixed buffer ``mean_patches`` (N, P), the
+  training scans' voxelwise mean volume cut into patches, is subtracted from each kept patch before
+  the patch embedding and added to each predicted patch; set by :meth:`ViTAE.set_mean_volume`.
 
 Notes
 -----
@@ -457,6 +460,32 @@ class ViTAE(nn.Module):
         self.decoder_norm = nn.LayerNorm(cfg.dec_dim, eps=cfg.ln_eps)
         self.decoder_pred = nn.Linear(cfg.dec_dim, n_voxels)
         self.apply(_init_weights)
+        if cfg.centre_on_mean:
+            self.register_buffer("mean_patches", torch.zeros(cfg.n_patches, n_voxels))
+
+    def set_mean_volume(self, volume: Tensor) -> None:
+        """Store the mean volume (X, Y, Z) that a ``centre_on_mean`` model is centred on.
+
+        Raises
+        ------
+        ValueError
+            The model was built without ``centre_on_mean``, or ``volume`` is not (X, Y, Z) of
+            ``cfg.volume_shape`` or not finite.
+        """
+        if not self.cfg.centre_on_mean:
+            raise ValueError("this model was built with centre_on_mean=False; it has no mean volume to set")
+        volume = torch.as_tensor(volume)
+        if tuple(volume.shape) != self.cfg.volume_shape:
+            raise ValueError(f"the mean volume must have the model's shape {self.cfg.volume_shape}, got "
+                             f"{tuple(volume.shape)}")
+        if not torch.isfinite(volume).all():
+            raise ValueError("the mean volume has non-finite voxels; check the training caches")
+        x = volume.to(self.patch_embed.weight.device, torch.float32)[None, None]  # (1, 1, X, Y, Z)
+        self.mean_patches.copy_(self.patchify(x)[0])  # (N, P)
+
+    def _mean_tokens(self, layout: TokenLayout) -> Tensor | None:
+        """The mean's patches at the layout's kept positions (T, P), or None without centring."""
+        return self.mean_patches[layout.patch_index] if self.cfg.centre_on_mean else None
 
     # ----------------------------------------------------------------- patches and input checks
     def patchify(self, x: Tensor) -> Tensor:
@@ -563,7 +592,10 @@ class ViTAE(nn.Module):
 
     # ----------------------------------------------------------------------- encoder / decoder
     def _embed(self, tokens: Tensor, layout: TokenLayout) -> Tensor:
-        """Kept patches (T, P) -> embedded tokens with positions (T, C)."""
+        """Kept patches (T, P) -> embedded tokens with positions (T, C) (minus the mean if centred)."""
+        mean = self._mean_tokens(layout)
+        if mean is not None:
+            tokens = tokens - mean  # (T, P)
         return self.patch_embed(tokens) + self.pos_embed[layout.patch_index]  # (T, C)
 
     def forward_encoder(self, tokens: Tensor, layout: TokenLayout) -> Tensor:
@@ -583,7 +615,9 @@ class ViTAE(nn.Module):
         for blk in self.decoder_blocks:
             h = blk(h, layout.decoder_seqlens)  # (T + B, Cd)
         h = self.decoder_norm(h[token_rows])  # (T, Cd)
-        return self.decoder_pred(h)  # (T, P)
+        pred = self.decoder_pred(h)  # (T, P)
+        mean = self._mean_tokens(layout)
+        return pred if mean is None else pred.float() + mean  # (T, P)
 
     @staticmethod
     def forward_loss(tokens: Tensor, pred_tokens: Tensor, layout: TokenLayout) -> Tensor:

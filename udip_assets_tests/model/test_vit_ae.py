@@ -401,3 +401,36 @@ def test_cuda_matches_cpu(bf16):
 def test_auto_attention_takes_the_math_path_only_for_short_bf16_sequences(tokens, dtype, math_path):
     attn = vit_ae.Attention(dim=32, heads=4, qkv_bias=True, proj_drop=0.0, backend="auto")
     assert attn._use_math(torch.zeros(1, 4, tokens, 8, dtype=dtype)) is math_path
+
+
+# ----------------------------------------------------------------------------- mean centring
+def test_a_centred_model_is_the_plain_model_on_departures_from_the_mean():
+    """encode(x) = plain.encode(x - m) and decode(z) = plain.decode(z) + m, with the same weights."""
+    rng = np.random.default_rng(3)
+    centred = _model(centre_on_mean=True)
+    plain = _model()  # same seed: same weights
+    mean = torch.from_numpy(rng.normal(size=TINY.volume_shape).astype(np.float32))
+    centred.set_mean_volume(mean)
+    x = torch.from_numpy(rng.normal(size=(2, 1, *TINY.volume_shape)).astype(np.float32))  # every patch kept
+    with torch.no_grad():
+        z = centred.encode(x)
+        torch.testing.assert_close(z, plain.encode(x - mean), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(centred.decode(z), plain.decode(z) + plain.patchify(mean[None, None]),
+                                   rtol=1e-5, atol=1e-6)
+        out = centred(x)
+        want = ((centred.unpatchify(centred.decode(z)) - x) ** 2).mean(dim=(1, 2, 3, 4))
+        torch.testing.assert_close(out.per_scan_loss, want, rtol=1e-5, atol=1e-7)
+    assert "mean_patches" in centred.state_dict() and "mean_patches" not in plain.state_dict()
+
+
+def test_the_mean_volume_round_trips_through_patches_and_is_checked():
+    centred = _model(centre_on_mean=True)
+    mean = torch.arange(math.prod(TINY.volume_shape), dtype=torch.float32).reshape(TINY.volume_shape)
+    centred.set_mean_volume(mean)
+    torch.testing.assert_close(centred.unpatchify(centred.mean_patches[None])[0, 0], mean, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"shape \(28, 32, 28\)"):
+        centred.set_mean_volume(mean[:-1])
+    with pytest.raises(ValueError, match="non-finite"):
+        centred.set_mean_volume(torch.full(TINY.volume_shape, float("nan")))
+    with pytest.raises(ValueError, match="centre_on_mean=False"):
+        _model().set_mean_volume(mean)
