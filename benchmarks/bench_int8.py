@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from results_md import update_section  # beside this script
+from results_md import write_result  # beside this script
 
 SECTION = "## GWAS product in int8 digits"
 BASE = 256
@@ -155,12 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
          "command": "python benchmarks/bench_int8.py " + " ".join(argv),
          **run(args.samples, args.variants, args.columns, args.digits, args.reps)}
     print(json.dumps(r["rows"], indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(r, indent=1))
-    if args.results_md:
-        label = args.label or f"chunk {args.variants:,} x {args.samples:,}, {args.columns} columns, CPU"
-        update_section(args.results_md, SECTION, "benchmarks/bench_int8.py", label, render_markdown(label, r))
+    label = args.label or f"chunk {args.variants:,} x {args.samples:,}, {args.columns} columns, CPU"
+    write_result(r, args.out, args.results_md, SECTION, "benchmarks/bench_int8.py", label, render_markdown)
     return r
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_gwas import generate, machine  # beside this script
-from results_md import update_section
+from results_md import write_result
 
 from udip_assets.cohort.gwas_inputs import GwasSample
 from udip_assets.cohort.model_selection import loci_of_sample, loci_of_samples
@@ -117,12 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
          "command": "python benchmarks/bench_sweep.py " + " ".join(argv),
          "cases": [run(args.work, k, args.reps, args.threads) for k in args.checkpoints]}
     print(json.dumps(r["cases"], indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(r, indent=1))
-    if args.results_md:
-        label = args.label or f"N={args.samples:,}, M={args.snps:,}, P={args.phenotypes}, CPU"
-        update_section(args.results_md, SECTION, "benchmarks/bench_sweep.py", label, render_markdown(label, r))
+    label = args.label or f"N={args.samples:,}, M={args.snps:,}, P={args.phenotypes}, CPU"
+    write_result(r, args.out, args.results_md, SECTION, "benchmarks/bench_sweep.py", label, render_markdown)
     return r
 
 

@@ -26,3 +26,16 @@ def update_section(path: Path, section: str, script: str, label: str, body: str)
         part = part.rstrip("\n") + "\n\n" + body
     rest = "\n" + text[end:] if end < len(text) else ""
     path.write_text(text[:start] + part.rstrip("\n") + "\n" + rest)
+
+
+def write_result(result: dict, out: Path | None, results_md: Path | None, section: str, script: str, label: str,
+                 render) -> None:
+    """Write one run's ``result`` as JSON to ``out`` and as ``render(label, result)`` into ``results_md``
+    (each only if given)."""
+    import json
+
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+    if results_md:
+        update_section(results_md, section, script, label, render(label, result))
