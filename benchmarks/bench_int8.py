@@ -19,8 +19,6 @@ compared with the float64 product of the same arrays.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
 import platform
 import sys
@@ -151,12 +149,11 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     r = {"params": {"samples": args.samples, "variants": args.variants, "columns": args.columns,
                     "reps": args.reps},
-         "machine": machine(), "threads": args.threads, "date": dt.datetime.now().isoformat(timespec="seconds"),
-         "command": "python benchmarks/bench_int8.py " + " ".join(argv),
+         "machine": machine(), "threads": args.threads,
          **run(args.samples, args.variants, args.columns, args.digits, args.reps)}
-    print(json.dumps(r["rows"], indent=1))
-    label = args.label or f"chunk {args.variants:,} x {args.samples:,}, {args.columns} columns, CPU"
-    write_result(r, args.out, args.results_md, SECTION, "benchmarks/bench_int8.py", label, render_markdown)
+    write_result(r, args, argv, SECTION, "benchmarks/bench_int8.py",
+                 f"chunk {args.variants:,} x {args.samples:,}, {args.columns} columns, CPU",
+                 render_markdown, show="rows")
     return r
 
 

@@ -20,8 +20,6 @@ the loci of every set must be identical.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import sys
 import time
 from pathlib import Path
@@ -113,12 +111,10 @@ def main(argv: list[str] | None = None) -> dict:
     meta = generate(args.work, args.samples, args.snps, args.phenotypes, 0)
     r = {"params": {"samples": args.samples, "snps": args.snps, "phenotypes": args.phenotypes},
          "machine": machine(), "threads": args.threads, "n_covariates": meta["n_covariates"],
-         "date": dt.datetime.now().isoformat(timespec="seconds"),
-         "command": "python benchmarks/bench_sweep.py " + " ".join(argv),
          "cases": [run(args.work, k, args.reps, args.threads) for k in args.checkpoints]}
-    print(json.dumps(r["cases"], indent=1))
-    label = args.label or f"N={args.samples:,}, M={args.snps:,}, P={args.phenotypes}, CPU"
-    write_result(r, args.out, args.results_md, SECTION, "benchmarks/bench_sweep.py", label, render_markdown)
+    write_result(r, args, argv, SECTION, "benchmarks/bench_sweep.py",
+                 f"N={args.samples:,}, M={args.snps:,}, P={args.phenotypes}, CPU",
+                 render_markdown, show="cases")
     return r
 
 

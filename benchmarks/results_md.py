@@ -28,14 +28,22 @@ def update_section(path: Path, section: str, script: str, label: str, body: str)
     path.write_text(text[:start] + part.rstrip("\n") + "\n" + rest)
 
 
-def write_result(result: dict, out: Path | None, results_md: Path | None, section: str, script: str, label: str,
-                 render) -> None:
-    """Write one run's ``result`` as JSON to ``out`` and as ``render(label, result)`` into ``results_md``
-    (each only if given)."""
+
+def write_result(result: dict, args, argv: list[str], section: str, script: str, default_label: str, render,
+                 show: str) -> None:
+    """Stamp ``result`` with the date and the command line (``script`` and ``argv``), print
+    ``result[show]``, write ``result`` as JSON to ``args.out`` and ``render(label, result)`` into
+    ``args.results_md`` (each only if given), under ``args.label`` or ``default_label``."""
+    import datetime as dt
     import json
 
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1))
-    if results_md:
-        update_section(results_md, section, script, label, render(label, result))
+    result["date"] = dt.datetime.now().isoformat(timespec="seconds")
+    result["command"] = f"python {script} " + " ".join(argv)
+
+    print(json.dumps(result[show], indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+    if args.results_md:
+        label = args.label or default_label
+        update_section(args.results_md, section, script, label, render(label, result))
