@@ -247,7 +247,10 @@ def where() -> None:
 @click.option("--model-id", default=None, help="Loci of this model (default: the selected checkpoint's).")
 @click.option("--control", is_flag=True,
               help="Also run the same GWAS + clumping on the planted phenotypes measured in the images (the ceiling).")
-def truth(cohort: str, model_id: str | None, control: bool) -> None:
+@click.option("--ceiling", is_flag=True,
+              help="Also score what the voxels hold and what a linear code as wide as the UDIPs (PCA of the "
+                   "scans) keeps, and run that code through the same GWAS and clumping (~2 min on the demo).")
+def truth(cohort: str, model_id: str | None, control: bool, ceiling: bool) -> None:
     """Score a synthetic cohort's genomic risk loci against its planted causal SNPs.
 
     A planted SNP is found when a locus span contains it; recall is over the planted SNPs that are
@@ -257,6 +260,10 @@ def truth(cohort: str, model_id: str | None, control: bool) -> None:
     phenotype, how well the UDIPs encode it (cross-validated R2, best single dim) and the UDIPs' effective
     rank. With --control, those image phenotypes replace the UDIPs (same subjects, covariates, thresholds
     and clumping): what it finds and the UDIPs miss is lost in the representation, not in the genetics.
+    With --ceiling, two more columns per phenotype: the cross-validated R2 of a ridge regression on
+    every voxel (is it in the image at all?) and from the top n_dims principal components of the scans,
+    the best linear code of the UDIPs' width for the model's own loss (would any code of that width keep
+    it?); that code then goes through the same GWAS and clumping as the UDIPs.
     """
     from udip_assets.cohort.spec import load_cohort
     from udip_assets.cohort.synthetic import detectable_at
@@ -289,11 +296,13 @@ def truth(cohort: str, model_id: str | None, control: bool) -> None:
         click.echo(f"{method}: recall {score.n_found_detectable}/{score.n_detectable} detectable planted loci "
                    f"({_percent(score.recall)}); precision {score.n_true_loci}/{score.n_loci} loci with a planted "
                    f"SNP within 250 kb ({_percent(score.precision)})")
-    _encoding_report(spec, sample, planted)
+    encoding = _encoding_report(spec, sample, planted)
     _decoder_report(cohort, model_id)
     _planted_region_report(cohort, model_id, loci, planted, scores)
     if control:
         _truth_control(spec, sample, planted)
+    if ceiling:
+        _ceiling_report(cohort, spec, sample, planted, encoding)
 
 
 @main.command()
@@ -352,7 +361,7 @@ def _truth_gwas_sample(cohort: str, model_id: str):
     return gwas_sample(subjects, udips, CovariateSpec(numeric=PAPER_NUMERIC, categorical=PAPER_CATEGORICAL))
 
 
-def _encoding_report(spec, sample, planted) -> None:
+def _encoding_report(spec, sample, planted):
     """Per planted phenotype (as measured in the images): CV R2 from all UDIPs and the best single dim."""
     from udip_assets.cohort.truth_check import encoding_diagnostics, format_diagnostics, image_region_phenotypes
     from udip_assets.interpret.qc import effective_rank
@@ -361,6 +370,7 @@ def _encoding_report(spec, sample, planted) -> None:
     table = encoding_diagnostics(sample.phenotypes, measured)
     click.echo("how well the UDIPs encode each planted phenotype (GWAS subjects; truth used for evaluation only):")
     click.echo(format_diagnostics(table, effective_rank(sample.phenotypes.to_numpy())))
+    return table
 
 
 def _decoder_report(cohort: str, model_id: str) -> None:
@@ -429,6 +439,46 @@ def _truth_control(spec, sample, planted) -> None:
                f"{phenotypes.shape[1]} phenotypes, same covariates and thresholds): {len(loci)} loci, recall "
                f"{score.n_found_detectable}/{score.n_detectable} ({_percent(score.recall)}), precision "
                f"{score.n_true_loci}/{score.n_loci}")
+
+
+def _ceiling_report(cohort: str, spec, sample, planted, encoding) -> None:
+    """What the voxels hold and what a linear code as wide as the UDIPs keeps, and that code's loci."""
+    from udip_assets.cohort.image_ceiling import ceiling_table, image_gram
+    from udip_assets.cohort.truth_check import image_region_phenotypes, score_loci
+    from udip_assets.genetics.clump import ClumpConfig, genome_wide_threshold
+    from udip_assets.genetics.discovery import discover_loci
+    from udip_assets.genetics.gwas import GwasConfig
+
+    caches = _read("SELECT subject_id, cache_path FROM preprocessed_scans WHERE cohort = ? AND status = 'ok'",
+                   [cohort]).set_index("subject_id")["cache_path"]
+    ids = [str(s) for s in sample.phenotypes.index]
+    missing = sorted(set(ids) - set(caches.index.astype(str)))
+    if missing:
+        raise click.ClickException(f"{len(missing)} GWAS subjects have no preprocessed scan (e.g. {missing[:3]}); "
+                                   f"re-materialize preprocessed_scans for cohort {cohort}")
+    caches.index = caches.index.astype(str)
+    n_dims = sample.phenotypes.shape[1]
+    measured = image_region_phenotypes(spec.truth.with_name("truth_image_volumes.tsv"), planted)
+    gram = image_gram(list(caches.loc[ids]), show_progress=True)
+    table, codes = ceiling_table(gram, ids, measured, n_components=n_dims)
+    table = table.merge(encoding[["target", "cv_r2"]], on="target")
+    pca = f"PCA-{n_dims}"
+    click.echo(f"what the images hold (cross-validated R2, the same {len(ids)} subjects): {pca} is the {n_dims}-number "
+               "linear code of least squared reconstruction error (principal components of the scans: the most a "
+               f"linear autoencoder as wide as the UDIPs keeps), voxels a ridge regression on all {gram.n_voxels} "
+               "brain voxels (what is in the image)")
+    width = max(len(t) for t in [*table["target"], "target"])
+    click.echo(f"  {'target':<{width}}  UDIPs  {pca:>7}  voxels")
+    for row in table.itertuples():
+        click.echo(f"  {row.target:<{width}}  {row.cv_r2:5.2f}  {row.pca_cv_r2:7.2f}  {row.voxels_cv_r2:6.2f}")
+    covariates = sample.covariates.set_axis(sample.phenotypes.index.astype(str)).loc[codes.index]
+    configs = {"minp": ClumpConfig(sig_p=genome_wide_threshold(n_dims)), "multivariate": ClumpConfig(sig_p=5e-8)}
+    found = discover_loci(spec.genotypes, codes, covariates, GwasConfig(), configs)
+    for method, result in found.clumps.items():
+        score = score_loci(result.loci, planted)
+        click.echo(f"{pca} code, same GWAS and clumping, {method}: recall "
+                   f"{score.n_found_detectable}/{score.n_detectable} ({_percent(score.recall)}); precision "
+                   f"{score.n_true_loci}/{score.n_loci}")
 
 
 def _percent(fraction: float) -> str:

@@ -244,6 +244,24 @@ def test_truth_scores_the_loci_and_runs_the_control_on_the_gwas_subjects(pipelin
                      r"2 phenotypes.*recall 2/2", out.output)
 
 
+def test_truth_ceiling_scores_the_voxels_and_a_linear_code_of_the_udips_width(pipeline):
+    """``udip truth --ceiling`` on the GWAS subjects' own scans: the UDIPs' R2 as in the encoding table, a
+    PCA code as wide as the model and a ridge on the voxels; the strong planted volumes are in the image."""
+    from click.testing import CliRunner
+
+    from udip_assets.cli import main
+
+    out = CliRunner().invoke(main, ["truth", "--cohort", "e2e", "--ceiling"])
+    assert out.exit_code == 0, out.output
+    encoded = re.search(r"^vol_ventricles\s+\d+\s+(-?\d\.\d\d)\s+udip_\d{3}", out.output, flags=re.M).group(1)
+    assert re.search(r"^  target\s+UDIPs\s+PCA-32\s+voxels$", out.output, flags=re.M)
+    row = re.search(r"^  vol_ventricles\s+(-?\d\.\d\d)\s+(-?\d\.\d\d)\s+(-?\d\.\d\d)$", out.output, flags=re.M)
+    assert row and row.group(1) == encoded
+    assert float(row.group(3)) > 0.8  # 45 % of the ventricles' variation is planted and visible
+    assert re.search(r"^PCA-32 code, same GWAS and clumping, minp: recall \d+/\d+", out.output, flags=re.M)
+    assert re.search(r"^PCA-32 code, same GWAS and clumping, multivariate: recall \d+/\d+", out.output, flags=re.M)
+
+
 def test_interpretation_maps_tables_and_figures(pipeline, udip_home):
     """PerDI maps on the cohort grid (affine and shape of the scans), ranked atlas regions per dim,
     spotlight tokens, W_K^T W_Q spectra and SmoothGrad maps, all of the selected model."""
