@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from bed_reader import open_bed
 
 from udip_assets.errors import GenotypeError, UdipConfigError
 from udip_assets.genetics.plink import check_plink_files, plink_paths, read_bim, read_fam
@@ -121,6 +120,8 @@ class LDCalculator:
             return self._cache[b]
         start = b * self.block_variants
         stop = min(start + self.block_variants, self.n_variants)
+        from bed_reader import open_bed  # imported here: the GWAS scan, which imports this module, never reads LD
+
         # counts passed in: bed-reader then never re-reads the .fam / .bim (fileset checked once)
         with open_bed(plink_paths(self.prefix)["bed"], iid_count=self._n_fam, sid_count=self.n_variants,
                       count_A1=True) as bed:

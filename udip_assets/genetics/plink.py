@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from bed_reader import open_bed
 
 from udip_assets.atomic import atomic_path, write_text_atomic
 from udip_assets.errors import GenotypeError
@@ -235,6 +234,8 @@ def read_dosage(prefix: Path | str, sample_idx=None, variant_idx=None,
         (n_selected_samples, n_selected_variants) float32 count of the .bim's A1 allele, NaN where
         missing.
     """
+    from bed_reader import open_bed  # only this reader needs it: the scan decodes the .bed itself
+
     n_samples, n_variants = check_plink_files(prefix)
     rows = slice(None) if sample_idx is None else sample_idx
     cols = slice(None) if variant_idx is None else variant_idx

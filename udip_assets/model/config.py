@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 from udip_assets.errors import UdipConfigError
 
 AXIS_NAMES = ("width", "height", "depth")
-ATTN_BACKENDS = ("auto", "sdpa", "math")
+ATTN_BACKENDS = ("auto", "sdpa", "math", "varlen")
 AMP_MODES = ("none", "bf16")
+OPTIMIZER_IMPLS = ("auto", "default", "fused")
+RESIDENT_MODES = ("none", "float32", "float16", "bfloat16")
 
 
 def _require_int(name: str, value: object, minimum: int) -> None:
@@ -78,9 +80,12 @@ class ModelConfig:
         Run every forward pass of the model under bfloat16 autocast (weights stay float32).
         Independent of :attr:`TrainConfig.amp`, which autocasts training only.
     attn_backend : str
-        'sdpa' (``torch.nn.functional.scaled_dot_product_attention``), 'math' (explicit matmul +
-        softmax; fastest on CPU in bfloat16 for head dims 8-16) or 'auto' (math on CPU under
-        bfloat16 autocast, sdpa otherwise).
+        'sdpa' (``torch.nn.functional.scaled_dot_product_attention``, one call per scan when the
+        scans keep different numbers of patches), 'math' (explicit matmul + softmax; fastest on CPU
+        in bfloat16 for head dims 8-16), 'varlen' (one ``scaled_dot_product_attention`` call over
+        all scans' packed tokens as a nested jagged tensor: on CUDA the flash / memory-efficient
+        kernels for variable-length sequences; opt-in until measured on a GPU) or 'auto' (math on CPU
+        under bfloat16 autocast, sdpa otherwise).
     union_mask : bool
         The authors' batch mask: the kept patch set is the union over the batch, so a scan's
         UDIP depends on its batch mates. Default False: each scan keeps exactly its own non-empty
@@ -192,6 +197,17 @@ class TrainConfig:
         DataLoader worker processes.
     amp : str
         'none' (float32) or 'bf16' (bfloat16 autocast for the training forward pass).
+    optimizer_impl : str
+        AdamW's implementation: 'default' (torch's choice: a loop over parameters on CPU,
+        multi-tensor 'foreach' kernels on CUDA), 'fused' (one kernel for all parameters; CUDA or
+        CPU) or 'auto' (fused on CUDA, torch's default elsewhere). They agree to float rounding; a
+        run resumes only with the implementation it started with.
+    resident : str
+        'none' (read the scan caches from disk every epoch through the DataLoader) or the dtype in
+        which every training and validation scan is loaded once onto the training device: 'float32'
+        (the same batches as from disk), 'float16' or 'bfloat16' (half the memory, voxels rounded).
+        For GPUs, where reading and copying scans each step would starve the kernels; refused
+        before training when the scans do not fit the device's free memory.
     """
 
     batch_size: int = 2
@@ -207,6 +223,8 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     amp: str = "none"
+    optimizer_impl: str = "auto"
+    resident: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -230,6 +248,10 @@ class TrainConfig:
         _require_int("num_workers", self.num_workers, 0)
         if self.amp not in AMP_MODES:
             raise UdipConfigError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.optimizer_impl not in OPTIMIZER_IMPLS:
+            raise UdipConfigError(f"optimizer_impl must be one of {OPTIMIZER_IMPLS}, got {self.optimizer_impl!r}")
+        if self.resident not in RESIDENT_MODES:
+            raise UdipConfigError(f"resident must be one of {RESIDENT_MODES}, got {self.resident!r}")
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate during epoch ``epoch`` (0-based): StepLR with the floor."""

@@ -46,7 +46,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -59,7 +59,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from udip_assets.errors import UdipConfigError
-from udip_assets.imaging.dataset import PreprocessedScanDataset
+from udip_assets.imaging.dataset import PreprocessedScanDataset, ResidentLoader, ResidentScans, device_free_bytes
 from udip_assets.model.checkpoint import (
     BEST_NAME,
     CHECKPOINT_FORMAT,
@@ -276,8 +276,12 @@ def build_model(model_cfg: ModelConfig, seed: int, info: DistInfo) -> tuple[ViTA
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over all parameters with the configured lr, betas and weight decay."""
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    """AdamW over all parameters with the configured lr, betas, weight decay and implementation
+    (``optimizer_impl``; 'auto' is fused when the parameters are on CUDA)."""
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    fused = cfg.optimizer_impl == "fused" or (cfg.optimizer_impl == "auto" and on_cuda)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                             fused=fused or None)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
@@ -338,13 +342,20 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 
 
 
 def make_loaders(train_ds: PreprocessedScanDataset, val_ds: PreprocessedScanDataset, cfg: TrainConfig,
-                 info: DistInfo) -> tuple[DataLoader, EpochSampler, DataLoader]:
-    """(training loader, its sampler, validation loader) of this process."""
+                 info: DistInfo, show_progress: bool = False) -> tuple[Iterable, EpochSampler, Iterable]:
+    """(training loader, its sampler, validation loader) of this process: DataLoaders over the caches,
+    or with ``cfg.resident`` loaders over the scans held on the device (same order, same batches)."""
     sampler = EpochSampler(len(train_ds), cfg.seed, info.rank, info.world_size, cfg.batch_size)
+    val_indices = list(range(info.rank, len(val_ds), info.world_size))
+    if cfg.resident != "none":
+        train_scans = ResidentScans(train_ds, info.device, cfg.resident, show_progress=show_progress)
+        free = None if info.device.type == "cuda" else device_free_bytes(info.device) + train_scans.volumes.nbytes
+        val_scans = ResidentScans(val_ds, info.device, cfg.resident, free_bytes=free, show_progress=show_progress)
+        return (ResidentLoader(train_scans, sampler, cfg.batch_size), sampler,
+                ResidentLoader(val_scans, val_indices, cfg.batch_size))
     common = {"batch_size": cfg.batch_size, "num_workers": cfg.num_workers, "drop_last": False,
               "pin_memory": info.device.type == "cuda", "persistent_workers": cfg.num_workers > 0}
     train = DataLoader(train_ds, sampler=sampler, generator=torch.Generator().manual_seed(cfg.seed), **common)
-    val_indices = list(range(info.rank, len(val_ds), info.world_size))
     val = DataLoader(val_ds, sampler=val_indices, generator=torch.Generator().manual_seed(cfg.seed), **common)
     return train, sampler, val
 
@@ -587,7 +598,8 @@ def train_model(model_cfg: ModelConfig, train_cfg: TrainConfig, train_paths: Seq
                 log.warning("resume=False: starting over in %s; its checkpoints will be overwritten", out_dir)
             if model_cfg.centre_on_mean:
                 run.model.set_mean_volume(training_mean_volume(train_ds, show_progress and info.is_main))
-        train_loader, sampler, val_loader = make_loaders(train_ds, val_ds, train_cfg, info)
+        train_loader, sampler, val_loader = make_loaders(train_ds, val_ds, train_cfg, info,
+                                                         show_progress and info.is_main)
         for epoch in range(run.epoch, train_cfg.epochs):
             if run.train_epoch(epoch, train_loader, sampler, max_steps):
                 return run.result(completed=False)

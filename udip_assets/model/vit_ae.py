@@ -29,10 +29,13 @@ CPU at batch 2 (``benchmarks/bench_model.py``): packing and a loop over scans (b
 one padded call with a key-padding mask is slower; packing was kept because its token-wise matmuls
 stay large (better on GPU), and the per-scan attention calls are a handful per layer.
 
-**Attention.** ``cfg.attn_backend``: 'sdpa' (``scaled_dot_product_attention``), 'math'
-(:func:`math_attention`, chunked matmuls + softmax with a hand-written backward) or 'auto' (math
-for bfloat16 on CPU, where it is the faster of the two; sdpa otherwise). :meth:`ViTAE.attention_maps`
-returns the weights of every encoder layer through the math path.
+**Attention.** ``cfg.attn_backend``: 'sdpa' (``scaled_dot_product_attention``, one call per scan
+of a packed batch), 'math' (:func:`math_attention`, chunked matmuls + softmax with a hand-written
+backward), 'varlen' (:func:`varlen_attention`: the packed tokens of all scans as one nested jagged
+tensor and one ``scaled_dot_product_attention`` call, which CUDA runs with its variable-length flash
+or memory-efficient kernels) or 'auto' (math for bfloat16 on CPU, where it is the fastest; sdpa
+otherwise: 'varlen' stays opt-in until ``benchmarks/bench_gpu.py`` has measured it on a GPU).
+:meth:`ViTAE.attention_maps` returns the weights of every encoder layer through the math path.
 
 **Loss of a batch.** ``per_scan_loss[b]`` is the mean squared error over all voxels of scan b's
 kept patches (target = the input voxels, background zeros inside kept patches included, as in the
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -241,6 +245,43 @@ def math_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     return out.view(b, h, n, d)
 
 
+def varlen_attention(qkv: Tensor, seqlens: Sequence[int], heads: int) -> Tensor:
+    """Softmax attention within each scan of a packed batch, all scans in one call.
+
+    Parameters
+    ----------
+    qkv : Tensor (T, 3 C)
+        The fused query/key/value projection of the packed tokens (scan-major, ``seqlens`` each).
+    seqlens : sequence of int
+        Tokens per scan (sum T).
+    heads : int
+        Attention heads; head dim d = C / heads.
+
+    Returns
+    -------
+    Tensor (T, C)
+        Each token's attention output over the tokens of its own scan, heads concatenated.
+
+    Notes
+    -----
+    The tokens become nested jagged tensors ``(B, H, j, d)`` (``torch.nested``, offsets from
+    ``seqlens``) and go through ``scaled_dot_product_attention`` once: no padding and no mask,
+    and on CUDA the flash / memory-efficient kernels take variable-length sequences directly. On
+    CPU it falls back to a per-sequence math path (exact; slower than 'sdpa' per scan).
+    """
+    t = qkv.shape[0]
+    head_dim = qkv.shape[1] // (3 * heads)
+    offsets = torch.zeros(len(seqlens) + 1, dtype=torch.int64, device=qkv.device)
+    offsets[1:] = torch.tensor(list(seqlens), device=qkv.device).cumsum(0)
+    parts = qkv.view(t, 3, heads, head_dim).unbind(1)  # 3 x (T, H, d)
+    q, k, v = (torch.nested.nested_tensor_from_jagged(p.contiguous(), offsets).transpose(1, 2)
+               for p in parts)  # (B, H, j, d) each
+    with warnings.catch_warnings():  # torch's CPU fallback builds a strided nested tensor and says so
+        warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype stage")
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)  # (B, j, H, d)
+    return out.values().reshape(t, heads * head_dim)  # (T, C)
+
+
 def attention_probs(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     """As :func:`math_attention` without gradient, also returning the weights (b, H, L, L)."""
     b, h, n, d = q.shape
@@ -262,8 +303,9 @@ class Attention(nn.Module):
         Dropout after the output projection.
     backend : str
         'sdpa' (``torch.nn.functional.scaled_dot_product_attention``), 'math'
-        (:func:`math_attention`) or 'auto' (math for bfloat16 on CPU up to ``_MATH_MAX_TOKENS``
-        tokens per scan, where it is faster; sdpa otherwise, e.g. flash attention on GPU).
+        (:func:`math_attention`), 'varlen' (:func:`varlen_attention` when the scans' lengths differ)
+        or 'auto' (math for bfloat16 on CPU up to ``_MATH_MAX_TOKENS`` tokens per scan, where it is
+        faster; sdpa otherwise).
     """
 
     def __init__(self, dim: int, heads: int, qkv_bias: bool, proj_drop: float, backend: str) -> None:
@@ -299,8 +341,14 @@ class Attention(nn.Module):
             return q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[2] <= _MATH_MAX_TOKENS
         return self.backend == "math"
 
+    def _use_varlen(self, seqlens: Sequence[int]) -> bool:
+        """One nested call, when asked for and the scans' lengths differ (else the per-scan path is one call)."""
+        return self.backend == "varlen" and len(set(seqlens)) > 1
+
     def forward(self, x: Tensor, seqlens: Sequence[int]) -> Tensor:
         """Attend within each scan: x (T, C) -> (T, C)."""
+        if self._use_varlen(seqlens):
+            return self.proj_drop(self.proj(varlen_attention(self.qkv(x), seqlens, self.heads)))
         outs = []
         for q, k, v in self._split_heads(x, seqlens):
             if self._use_math(q):

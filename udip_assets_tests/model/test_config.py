@@ -53,7 +53,7 @@ INVALID_MODEL = [
     (dict(mlp_ratio=0.0), "mlp_ratio must be in (0.0, inf), got 0.0"),
     (dict(dropout=1.0), "dropout must be in [0.0, 1.0), got 1.0"),
     (dict(ln_eps=0.0), "ln_eps must be in (0.0, 1.0), got 0.0"),
-    (dict(attn_backend="flash"), "attn_backend must be one of ('auto', 'sdpa', 'math'), got 'flash'"),
+    (dict(attn_backend="flash"), "attn_backend must be one of ('auto', 'sdpa', 'math', 'varlen'), got 'flash'"),
 ]
 
 
@@ -71,6 +71,8 @@ INVALID_TRAIN = [
     (dict(lr_gamma=1.5), "lr_gamma must be in (0.0, 1.0], got 1.5"),
     (dict(betas=(0.9,)), "betas must be 2 numbers"),
     (dict(amp="fp16"), "amp must be one of ('none', 'bf16'), got 'fp16'"),
+    (dict(optimizer_impl="apex"), "optimizer_impl must be one of ('auto', 'default', 'fused'), got 'apex'"),
+    (dict(resident="int8"), "resident must be one of ('none', 'float32', 'float16', 'bfloat16'), got 'int8'"),
 ]
 
 

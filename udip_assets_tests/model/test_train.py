@@ -301,3 +301,72 @@ def test_a_centred_run_stores_the_numpy_mean_of_its_training_scans_and_resumes_e
     plain_cfg, _ = preset("tiny")
     plain = train_model(plain_cfg, cfg, *paths, tmp_path / "c", show_progress=False)
     assert full.final_val_loss < plain.final_val_loss
+
+
+# ------------------------------------------------------------------- GPU-path options, on the CPU
+def _weights(path):
+    return read_checkpoint(path)["model"]
+
+
+def test_scans_held_on_the_device_in_float32_train_the_same_weights_as_the_dataloader(blob_scans, tmp_path):
+    """resident='float32' gathers the same batches in the same order, so the run is bit for bit the same,
+    through a mid-run stop and resume too; float16 scans round the voxels and land close."""
+    model_cfg, cfg = preset("tiny", epochs=2, dropout=0.1, seed=3, lr_step_epochs=1, checkpoint_every_steps=1)
+    paths = (blob_scans["train"], blob_scans["val"])
+    disk = train_model(model_cfg, cfg, *paths, tmp_path / "disk", show_progress=False)
+    held = dataclasses.replace(cfg, resident="float32")
+    train_model(model_cfg, held, *paths, tmp_path / "held", max_steps=3, show_progress=False)
+    resident = train_model(model_cfg, held, *paths, tmp_path / "held", show_progress=False)
+    a, b = _weights(disk.last_path), _weights(resident.last_path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _without_timing(disk.history) == _without_timing(resident.history)
+    half = train_model(model_cfg, dataclasses.replace(cfg, resident="float16"), *paths, tmp_path / "half",
+                       show_progress=False)
+    assert half.history[-1]["val_loss"] == pytest.approx(disk.history[-1]["val_loss"], rel=2e-2)
+
+
+def test_resident_scans_that_do_not_fit_are_refused_naming_sizes_and_the_fix(blob_scans):
+    from udip_assets.imaging.dataset import PreprocessedScanDataset, ResidentLoader, ResidentScans
+
+    dataset = PreprocessedScanDataset(blob_scans["train"])
+    one = dataset[0]["volume"].numel()
+    with pytest.raises(UdipConfigError, match=r"resident='float16': 8 scans of \(28, 32, 28\) take .* GiB on cpu, "
+                                              r"more than 80% of .*use resident='float16'.*resident='none'"):
+        ResidentScans(dataset, "cpu", "float16", free_bytes=8 * one * 2)  # needs all, 80 % allowed
+    scans = ResidentScans(dataset, "cpu", "bfloat16", free_bytes=10 * 8 * one * 2)
+    assert scans.volumes.dtype == torch.bfloat16 and len(scans) == 8
+    batches = list(ResidentLoader(scans, [5, 1, 7], batch_size=2))
+    assert [b["subject_id"] for b in batches] == [[dataset.subject_ids[5], dataset.subject_ids[1]],
+                                                 [dataset.subject_ids[7]]]
+    torch.testing.assert_close(batches[0]["volume"][1], dataset[1]["volume"].bfloat16().float(), rtol=0, atol=0)
+    with pytest.raises(UdipConfigError, match="resident dtype must be one of"):
+        ResidentScans(dataset, "cpu", "int8")
+
+
+def test_fused_adamw_takes_the_steps_of_the_default_implementation(blob_scans):
+    """Three AdamW steps on the same gradients: fused and torch's default move every weight alike
+    (to float rounding, far below the ~1e-3 size of a step)."""
+    from udip_assets.imaging.dataset import PreprocessedScanDataset
+
+    model_cfg, cfg = preset("tiny", epochs=1, seed=2)
+    x = torch.stack([PreprocessedScanDataset(blob_scans["train"])[i]["volume"] for i in range(2)])
+    models, opts = {}, {}
+    for impl in ("default", "fused"):
+        models[impl], _ = build_model(model_cfg, cfg.seed, CPU)
+        opts[impl] = make_optimizer(models[impl], dataclasses.replace(cfg, optimizer_impl=impl))
+    assert opts["default"].defaults["fused"] is None and opts["fused"].defaults["fused"] is True
+    assert make_optimizer(models["default"], cfg).defaults["fused"] is None  # 'auto' on the CPU: the default
+    start = {k: v.clone() for k, v in models["default"].state_dict().items()}
+    for _ in range(3):
+        models["default"].zero_grad()
+        models["default"](x).loss.backward()
+        for p_fused, p_default in zip(models["fused"].parameters(), models["default"].parameters(), strict=True):
+            p_fused.grad = p_default.grad.clone()
+        for opt in opts.values():
+            opt.step()
+    a, b = models["default"].state_dict(), models["fused"].state_dict()
+    assert max(float((a[k] - start[k]).abs().max()) for k in a) > 1e-3  # the weights moved
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-7)
+    with pytest.raises(UdipConfigError, match="optimizer_impl must be one of"):
+        preset("tiny", optimizer_impl="apex")

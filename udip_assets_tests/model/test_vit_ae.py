@@ -182,7 +182,8 @@ def test_reconstruct_is_decoded_patches_on_the_brain():
 
 
 # ------------------------------------------------------------------------ batch independence
-@pytest.mark.parametrize(("backend", "bf16"), [("sdpa", False), ("math", False), ("auto", True)])
+@pytest.mark.parametrize(("backend", "bf16"), [("sdpa", False), ("math", False), ("auto", True),
+                                             ("varlen", False)])
 def test_udip_and_reconstruction_do_not_depend_on_the_batch(backend, bf16):
     model = _model(attn_backend=backend, bf16=bf16)
     a, b, c = _brains()
@@ -223,6 +224,39 @@ def test_sdpa_and_math_paths_agree():
     for backend in ("math", "auto"):
         torch.testing.assert_close(outs[backend].udip, outs["sdpa"].udip, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(outs[backend].pred, outs["sdpa"].pred, rtol=1e-4, atol=1e-5)
+
+
+def test_varlen_attention_equals_attention_scan_by_scan():
+    """One nested-jagged call over packed scans of 5, 9 and 2 tokens = softmax(q k^T / sqrt d) v per scan."""
+    gen = torch.Generator().manual_seed(3)
+    heads, d, lens = 4, 6, [5, 9, 2]
+    qkv = torch.randn(sum(lens), 3 * heads * d, generator=gen, requires_grad=True)
+    out = vit_ae.varlen_attention(qkv, lens, heads)  # (T, C)
+    ref = []
+    for part in torch.split(qkv, lens):
+        q, k, v = part.view(len(part), 3, heads, d).permute(1, 2, 0, 3)  # 3 x (H, L, d)
+        probs = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d), dim=-1)  # (H, L, L)
+        ref.append((probs @ v).transpose(0, 1).reshape(len(part), heads * d))
+    ref = torch.cat(ref)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    weights = torch.randn(out.shape, generator=gen)
+    grad, = torch.autograd.grad((out * weights).sum(), qkv)
+    grad_ref, = torch.autograd.grad((ref * weights).sum(), qkv)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-6)
+
+
+def test_varlen_model_matches_the_per_scan_path_in_value_and_gradient():
+    x = _brains()
+    models = {b: _model(attn_backend=b).train() for b in ("sdpa", "varlen")}
+    outs, grads = {}, {}
+    for backend, model in models.items():
+        outs[backend] = model(x)
+        outs[backend].loss.backward()
+        grads[backend] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert len(set(models["sdpa"].kept_mask(x).sum(1).tolist())) == 3  # three lengths: the nested path ran
+    torch.testing.assert_close(outs["varlen"].udip, outs["sdpa"].udip, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs["varlen"].per_scan_loss, outs["sdpa"].per_scan_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads["varlen"], grads["sdpa"], rtol=1e-3, atol=1e-6)
 
 
 def test_attention_maps_are_row_stochastic_and_index_the_kept_patches():
