@@ -383,9 +383,9 @@ def _decoder_report(cohort: str, model_id: str) -> None:
         click.echo("decoder spread: not measured yet (materialize reconstruction_qc)")
         return
     r = row.iloc[0]
-    click.echo(f"decoder: reconstructions reproduce {r.deviation_r2:.1%} of {int(r.decoder_n_subjects)} GWAS-set "
+    click.echo(f"decoder: its predictions reproduce {r.deviation_r2:.1%} of {int(r.decoder_n_subjects)} GWAS-set "
                f"subjects' departures from the cohort mean image; between-subject variance per brain voxel "
-               f"{r.recon_between_variance:.4f} in the reconstructions against {r.input_between_variance:.4f} in "
+               f"{r.recon_between_variance:.2e} in the predictions against {r.input_between_variance:.2e} in "
                "the inputs (a decoder near the cohort mean gives weak, diffuse PerDI maps)")
 
 

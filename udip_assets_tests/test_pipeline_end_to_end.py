@@ -133,8 +133,8 @@ def test_loci_are_found_and_are_the_planted_ones(pipeline, udip_home):
     assert len(spectrum) == 1 and spectrum["n_dims"].item() == 32
     assert 1 <= spectrum["participation_ratio"].item() <= 32
     assert 1 <= spectrum["n_pcs_90"].item() <= spectrum["n_pcs_99"].item() <= 32
-    # the decoder spread: recomputed here from the first GWAS-set scans, the model's own reconstructions
-    # and the padded template brain, centring over subjects explicitly (two passes, all in memory)
+    # the decoder spread: recomputed here from the first GWAS-set scans, the model's own predictions (not
+    # masked with each scan's brain) and the padded template brain, centring over subjects explicitly
     import torch
 
     from udip_assets.cohort.spec import load_cohort
@@ -151,7 +151,8 @@ def test_loci_are_found_and_are_the_planted_ones(pipeline, udip_home):
     net.eval()
     x = np.stack([np.asarray(load_preprocessed(p), dtype=np.float32) for p in paths])  # (n, X, Y, Z)
     with torch.no_grad():
-        r = np.concatenate([net.reconstruct(torch.from_numpy(v)[None, None]).numpy()[:, 0] for v in x])
+        r = np.concatenate([net.reconstruct(torch.from_numpy(v)[None, None], mask_background=False).numpy()[:, 0]
+                            for v in x])
     brain = pad_to_patch_multiple(load_anatomy(load_cohort(udip_home / "cohorts" / "e2e").grid).brain_mask,
                                   net.cfg.patch)
     xv, rv = x[:, brain].astype(np.float64), r[:, brain].astype(np.float64)
@@ -234,7 +235,7 @@ def test_truth_scores_the_loci_and_runs_the_control_on_the_gwas_subjects(pipelin
     assert f"model {model_id}: GWAS of {n_gwas} subjects x 32 UDIP dims" in out.output
     assert re.search(r"^minp: recall \d+/\d+ detectable planted loci", out.output, flags=re.M)
     assert re.search(r"^planted-region hit rate: \d+/\d+", out.output, flags=re.M)
-    assert re.search(r"^decoder: reconstructions reproduce -?\d+\.\d% of \d+ GWAS-set subjects' departures",
+    assert re.search(r"^decoder: its predictions reproduce -?\d+\.\d% of \d+ GWAS-set subjects' departures",
                      out.output, flags=re.M)
     assert re.search(r"^multivariate: recall \d+/\d+ detectable planted loci", out.output, flags=re.M)
     assert re.search(r"^vol_ventricles\s+\d+\s+-?\d\.\d\d\s+udip_\d{3}", out.output, flags=re.M)

@@ -497,7 +497,9 @@ def _decoder_spread(home: UdipHome, cohort: str, model_id: str):
     net = load_checkpoint(checkpoint_row(home, model_id)["path"], device="cpu").model
     mask = pad_to_patch_multiple(load_anatomy(load_cohort(home.cohort_dir(cohort)).grid).brain_mask, net.cfg.patch)
     acc = DecoderSpreadAccumulator(mask)
-    for original, recon in iter_reconstructions(net, scans["cache_path"]):
+    # the decoder's own prediction: masked with each input's brain, the reconstructions would vary
+    # between subjects with their brain outlines even from a decoder that ignores its code
+    for original, recon in iter_reconstructions(net, scans["cache_path"], mask_background=False):
         acc.update(original, recon)
     return acc.result()
 

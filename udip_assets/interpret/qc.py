@@ -19,7 +19,10 @@ mean_j x_j`` and ``dr_i = r_i - mean_j r_j`` over the template brain's voxels,
 same image for every subject, or departures as wrong as they are large; negative: worse than that).
 ``recon_variance / input_variance`` is the share of the between-subject variance the reconstructions
 carry. PerDI reads the decoder's answer to a shift of the code, so a small deviation R2 also means
-weak, diffuse PerDI maps.
+weak, diffuse PerDI maps. The reconstructions must be the decoder's own predictions
+(``ViTAE.reconstruct(x, mask_background=False)``): masked with each input's brain, they differ between
+subjects at the brain's edge whatever the code says (on the demo that alone gave 0.14 to a decoder
+whose own predictions reproduce nothing).
 """
 
 from __future__ import annotations

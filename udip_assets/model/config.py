@@ -295,8 +295,7 @@ PRESETS: dict[str, Preset] = {
     # cohort (30 epochs x 120 scans, lr halved every 6: 0.235), and the UDIPs encode the small
     # structures better (hippocampus CV R2 0.13 -> 0.40, thalamus 0.19 -> 0.33).
     # ``centre_on_mean`` stays off: on the same 360 + 40 demo scans and seed it lowers the validation
-    # MSE (0.155 -> 0.118) and the decoder reproduces more of the subjects' departures (deviation R2
-    # 0.14 -> 0.18), but the UDIPs encode the planted structures worse (CV R2 ventricles 0.94 ->
+    # MSE (0.155 -> 0.118), but the UDIPs encode the planted structures worse (CV R2 ventricles 0.94 ->
     # 0.76, caudate 0.69 -> 0.49, hippocampus 0.40 -> 0.24, thalamus 0.33 -> 0.17) and the demo
     # found fewer loci (joint test 5/8 -> 3/8, minP 3/8 -> 2/8; one run, seed 0, 2026-12-04).
     "demo": Preset(ModelConfig(volume_shape=(98, 112, 98)),

@@ -141,11 +141,13 @@ def _mid_slices(vol: np.ndarray) -> list[np.ndarray]:
     return [vol[:, :, z], vol[:, y, :], vol[x, :, :]]
 
 
-def iter_reconstructions(model: ViTAE | nn.Module, volumes: Iterable) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def iter_reconstructions(model: ViTAE | nn.Module, volumes: Iterable,
+                         mask_background: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(original, reconstruction) of each volume, (X, Y, Z) float32 each, one scan in memory at a time.
 
     ``volumes``: preprocessed caches or arrays on the model's grid. The model runs on its own device
-    in eval mode; its mode is restored when the iterator is exhausted or closed.
+    in eval mode; its mode is restored when the iterator is exhausted or closed. ``mask_background``:
+    as :meth:`ViTAE.reconstruct` (True: zero outside each input's brain, for figures).
     """
     net = getattr(model, "module", model)
     device = next(net.parameters()).device
@@ -155,7 +157,7 @@ def iter_reconstructions(model: ViTAE | nn.Module, volumes: Iterable) -> Iterato
         for v in volumes:
             x = _volume(v)  # (1, X, Y, Z)
             with torch.no_grad():
-                r = net.reconstruct(x.unsqueeze(0).to(device)).cpu()  # (1, 1, X, Y, Z)
+                r = net.reconstruct(x.unsqueeze(0).to(device), mask_background).cpu()  # (1, 1, X, Y, Z)
             yield x[0].numpy(), r[0, 0].numpy()
     finally:
         net.train(was_training)

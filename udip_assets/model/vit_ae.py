@@ -719,16 +719,19 @@ class ViTAE(nn.Module):
         return ModelOutput(loss=per_scan.mean(), per_scan_loss=per_scan, udip=udip, kept=layout.kept,
                            pred_tokens=pred_tokens)
 
-    def reconstruct(self, x: Tensor) -> Tensor:
-        """Volumes -> reconstructions (B, 1, X, Y, Z) float32, zero on the background.
+    def reconstruct(self, x: Tensor, mask_background: bool = True) -> Tensor:
+        """Volumes -> reconstructions (B, 1, X, Y, Z) float32.
 
-        Background = voxels exactly 0 in the input (outside the brain mask; all of every patch not
-        kept), so the image shows the prediction inside the brain only.
+        With ``mask_background`` (for pictures) zero on the background = voxels exactly 0 in the input
+        (outside the scan's brain; all of every patch not kept), so the image shows the prediction
+        inside the brain only. Without it, the decoder's own prediction on every kept patch, zero on
+        the patches not kept: what the code alone says, with no voxel of the input's brain outline
+        (use it to measure how much of a subject the decoder reproduces).
         """
         x = self.check_volumes(x)
         udip, _, layout = self._encode(x)
         recon = self.unpatchify(self.decode(udip, layout.kept))  # (B, 1, X, Y, Z)
-        return recon * (x != 0)
+        return recon * (x != 0) if mask_background else recon
 
     def attention_maps(self, x: Tensor) -> AttentionMaps:
         """Encoder attention weights of every layer (math path, computed without gradient).

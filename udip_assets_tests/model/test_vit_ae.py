@@ -179,6 +179,11 @@ def test_reconstruct_is_decoded_patches_on_the_brain():
         recon = model.reconstruct(x)
     torch.testing.assert_close(recon, model.unpatchify(out.pred) * (x != 0))
     assert torch.all(recon[x == 0] == 0) and torch.all(recon[x != 0] != 0)
+    with torch.no_grad():
+        raw = model.reconstruct(x, mask_background=False)
+    torch.testing.assert_close(raw, model.unpatchify(out.pred))  # the decoder's own prediction, kept patches
+    kept_voxels = model.unpatchify(out.kept[..., None].expand(-1, -1, TINY.patch_voxels).float()) > 0
+    assert torch.all(raw[~kept_voxels] == 0) and torch.all(raw[kept_voxels & (x == 0)] != 0)
 
 
 # ------------------------------------------------------------------------ batch independence
