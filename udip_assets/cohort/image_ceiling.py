@@ -150,49 +150,52 @@ def _centred_blocks(gram: np.ndarray, train: np.ndarray, test: np.ndarray) -> tu
     return k_tt, k_st
 
 
-def _ridge_fold(gram: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray,
+def _ridge_fold(gram: np.ndarray, ys: np.ndarray, train: np.ndarray, test: np.ndarray,
                 relative_alphas: np.ndarray) -> np.ndarray:
-    """Test-row predictions of ridge with an unpenalised intercept on the training rows, its penalty
-    chosen by exact leave-one-out on them (as scikit-learn's ``RidgeCV``)."""
+    """Test-row predictions (s, t) for each column of ``ys`` (n, t) of ridge with an unpenalised
+    intercept on the training rows, each column's penalty chosen by exact leave-one-out on them (as
+    scikit-learn's ``RidgeCV``); one eigendecomposition of the training Gram matrix serves them all."""
     k_tt, k_st = _centred_blocks(gram, train, test)
     m = len(train)
     values, vectors = np.linalg.eigh(k_tt)
     values = np.clip(values, 0.0, None)
-    y_mean = y[train].mean()
-    proj = vectors.T @ (y[train] - y_mean)  # (m,)
-    best = None
+    y_mean = ys[train].mean(axis=0)  # (t,)
+    yc = ys[train] - y_mean  # (m, t)
+    proj = vectors.T @ yc  # (m, t)
+    best_loo = np.full(ys.shape[1], np.inf)
+    best_alpha = np.zeros(ys.shape[1])
     for alpha in relative_alphas * max(values.sum() / m, np.finfo(float).tiny):
         shrink = values / (values + alpha)  # (m,)
-        fitted = vectors @ (shrink * proj)  # centred fitted values
-        hat_diag = (vectors**2) @ shrink + 1.0 / m  # diagonal of the hat matrix, intercept included
-        loo = np.sum(((y[train] - y_mean - fitted) / (1.0 - hat_diag)) ** 2)
-        if best is None or loo < best[0]:
-            best = (loo, alpha)
-    alpha = best[1]
-    dual = vectors @ (proj / (values + alpha))  # (m,): ridge in its dual form
+        fitted = vectors @ (shrink[:, None] * proj)  # (m, t) centred fitted values
+        hat_diag = (vectors**2) @ shrink + 1.0 / m  # (m,) the hat matrix's diagonal, intercept included
+        loo = np.sum(((yc - fitted) / (1.0 - hat_diag)[:, None]) ** 2, axis=0)  # (t,)
+        better = loo < best_loo
+        best_loo[better], best_alpha[better] = loo[better], alpha
+    dual = vectors @ (proj / (values[:, None] + best_alpha[None, :]))  # (m, t): ridge in its dual form
     return k_st @ dual + y_mean
 
 
-def voxel_ridge_cv_r2(gram: np.ndarray, y: np.ndarray, n_folds: int = 5, seed: int = 0,
-                      relative_alphas: np.ndarray = RELATIVE_ALPHAS) -> float:
-    """Cross-validated R2 of ridge regression of ``y`` on the voxels whose Gram matrix is ``gram``.
+def voxel_ridge_cv_r2s(gram: np.ndarray, ys: np.ndarray, n_folds: int = 5, seed: int = 0,
+                       relative_alphas: np.ndarray = RELATIVE_ALPHAS) -> np.ndarray:
+    """Cross-validated R2 of ridge regression of each column of ``ys`` on the voxels whose Gram matrix
+    is ``gram``.
 
     Parameters
     ----------
     gram : ndarray (n, n)
         Gram matrix of the scans (centred or not: the fit re-centres on each training fold).
-    y : ndarray (n,)
-        The phenotype, finite.
+    ys : ndarray (n, t)
+        The phenotypes, finite.
     n_folds, seed : int
         ``KFold(n_folds, shuffle=True, random_state=seed)`` over the rows.
     relative_alphas : ndarray
         Penalties tried in each training fold, as multiples of the mean eigenvalue of its centred Gram
-        matrix; the one with the least leave-one-out error is used for the held-out fold.
+        matrix; the one with the least leave-one-out error, per phenotype, is used for the held-out fold.
 
     Returns
     -------
-    float
-        ``1 - SSE / SST`` of the out-of-fold predictions (SST about the mean of all of ``y``).
+    ndarray (t,)
+        ``1 - SSE / SST`` of each column's out-of-fold predictions (SST about its mean over all rows).
 
     Notes
     -----
@@ -200,19 +203,29 @@ def voxel_ridge_cv_r2(gram: np.ndarray, y: np.ndarray, n_folds: int = 5, seed: i
     predicts a held-out row s as ``y_T mean + k_sT (K_TT + alpha I)^-1 (y_T - mean)`` with every
     scan centred on the training mean. The penalty is chosen inside each training fold by exact
     leave-one-out, as scikit-learn's ``RidgeCV`` does, so the held-out folds play no part in it.
+    Each fold's Gram matrix is decomposed once for all the phenotypes.
     """
     from sklearn.model_selection import KFold  # evaluation-only dependency, as in truth_check
 
-    y = np.asarray(y, dtype=np.float64)
+    ys = np.asarray(ys, dtype=np.float64)
     n = gram.shape[0]
-    if gram.shape != (n, n) or y.shape != (n,):
-        raise UdipConfigError(f"gram must be square and y one value per row: gram {gram.shape}, y {y.shape}")
-    if not np.isfinite(y).all() or np.ptp(y) == 0:
+    if gram.shape != (n, n) or ys.ndim != 2 or ys.shape[0] != n:
+        raise UdipConfigError(f"gram must be square and ys one row per scan: gram {gram.shape}, ys {ys.shape}")
+    if not np.isfinite(ys).all() or (np.ptp(ys, axis=0) == 0).any():
         raise UdipConfigError("y must be finite and not constant")
-    pred = np.empty(n)
+    pred = np.empty_like(ys)
     for train, test in KFold(n_folds, shuffle=True, random_state=seed).split(np.arange(n)):
-        pred[test] = _ridge_fold(gram, y, train, test, np.asarray(relative_alphas, dtype=np.float64))
-    return float(1.0 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2))
+        pred[test] = _ridge_fold(gram, ys, train, test, np.asarray(relative_alphas, dtype=np.float64))
+    return 1.0 - np.sum((ys - pred) ** 2, axis=0) / np.sum((ys - ys.mean(axis=0)) ** 2, axis=0)
+
+
+def voxel_ridge_cv_r2(gram: np.ndarray, y: np.ndarray, n_folds: int = 5, seed: int = 0,
+                      relative_alphas: np.ndarray = RELATIVE_ALPHAS) -> float:
+    """:func:`voxel_ridge_cv_r2s` of one phenotype ``y`` (n,)."""
+    y = np.asarray(y, dtype=np.float64)
+    if y.ndim != 1:
+        raise UdipConfigError(f"y must be one value per scan, got shape {y.shape}")
+    return float(voxel_ridge_cv_r2s(gram, y[:, None], n_folds, seed, relative_alphas)[0])
 
 
 def ceiling_table(gram: ImageGram, subject_ids: Sequence[str], targets: pd.DataFrame, n_components: int,
@@ -256,9 +269,14 @@ def ceiling_table(gram: ImageGram, subject_ids: Sequence[str], targets: pd.DataF
     y = targets.set_axis(targets.index.astype(str)).loc[ids]
     codes = pd.DataFrame(pca_codes(k, n_components), index=ids, columns=udip_columns(n_components))
     pca = encoding_diagnostics(codes, y, n_folds=n_folds, seed=seed).set_index("target")["cv_r2"]
-    rows = []
-    for col in y.columns:
-        keep = np.isfinite(y[col].to_numpy(dtype=np.float64))
-        r2 = voxel_ridge_cv_r2(k[np.ix_(keep, keep)], y[col].to_numpy(dtype=np.float64)[keep], n_folds, seed)
-        rows.append({"target": str(col), "voxels_cv_r2": r2, "pca_cv_r2": float(pca[str(col)])})
+    values = y.to_numpy(dtype=np.float64)  # (n, t)
+    complete = np.isfinite(values).all(axis=0)
+    voxels = pd.Series(np.nan, index=y.columns)
+    if complete.any():  # the targets every subject has: one regression for all
+        voxels[complete] = voxel_ridge_cv_r2s(k, values[:, complete], n_folds, seed)
+    for j in np.flatnonzero(~complete):  # a target with gaps: on its own subjects
+        keep = np.isfinite(values[:, j])
+        voxels.iloc[j] = voxel_ridge_cv_r2(k[np.ix_(keep, keep)], values[keep, j], n_folds, seed)
+    rows = [{"target": str(col), "voxels_cv_r2": float(voxels[col]), "pca_cv_r2": float(pca[str(col)])}
+            for col in y.columns]
     return pd.DataFrame(rows, columns=["target", "voxels_cv_r2", "pca_cv_r2"]), codes

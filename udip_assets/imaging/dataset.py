@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
+from udip_assets.errors import UdipConfigError
 from udip_assets.imaging.preprocess import load_preprocessed
 
 
@@ -117,10 +119,6 @@ class ResidentScans:
 
     def __init__(self, dataset: PreprocessedScanDataset, device: torch.device | str, dtype: str = "float16",
                  max_fraction: float = 0.8, free_bytes: int | None = None, show_progress: bool = False) -> None:
-        from tqdm.auto import tqdm
-
-        from udip_assets.errors import UdipConfigError
-
         if dtype not in RESIDENT_DTYPES:
             raise UdipConfigError(f"resident dtype must be one of {sorted(RESIDENT_DTYPES)}, got {dtype!r}")
         device = torch.device(device)

@@ -59,7 +59,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from udip_assets.errors import UdipConfigError
-from udip_assets.imaging.dataset import PreprocessedScanDataset, ResidentLoader, ResidentScans, device_free_bytes
+from udip_assets.imaging.dataset import PreprocessedScanDataset, ResidentLoader, ResidentScans
 from udip_assets.model.checkpoint import (
     BEST_NAME,
     CHECKPOINT_FORMAT,
@@ -349,8 +349,7 @@ def make_loaders(train_ds: PreprocessedScanDataset, val_ds: PreprocessedScanData
     val_indices = list(range(info.rank, len(val_ds), info.world_size))
     if cfg.resident != "none":
         train_scans = ResidentScans(train_ds, info.device, cfg.resident, show_progress=show_progress)
-        free = None if info.device.type == "cuda" else device_free_bytes(info.device) + train_scans.volumes.nbytes
-        val_scans = ResidentScans(val_ds, info.device, cfg.resident, free_bytes=free, show_progress=show_progress)
+        val_scans = ResidentScans(val_ds, info.device, cfg.resident, show_progress=show_progress)
         return (ResidentLoader(train_scans, sampler, cfg.batch_size), sampler,
                 ResidentLoader(val_scans, val_indices, cfg.batch_size))
     common = {"batch_size": cfg.batch_size, "num_workers": cfg.num_workers, "drop_last": False,

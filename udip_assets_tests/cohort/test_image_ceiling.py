@@ -13,6 +13,7 @@ from udip_assets.cohort.image_ceiling import (
     image_gram,
     pca_codes,
     voxel_ridge_cv_r2,
+    voxel_ridge_cv_r2s,
 )
 from udip_assets.errors import UdipConfigError
 
@@ -93,6 +94,18 @@ def test_voxel_ridge_chooses_its_penalty_by_leave_one_out_as_ridgecv():
     assert voxel_ridge_cv_r2(x @ x.T, y, relative_alphas=rel) == pytest.approx(ref, rel=1e-6)
 
 
+def test_several_phenotypes_at_once_each_choose_their_penalty_as_alone():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(120, 60))
+    ys = np.column_stack([x @ rng.normal(size=60) + 0.3 * rng.normal(size=120),  # strong: a small penalty
+                          x[:, 7] + 3.0 * rng.normal(size=120),  # weak: a large one
+                          rng.normal(size=120)])
+    together = voxel_ridge_cv_r2s(x @ x.T, ys)  # one decomposition per fold for all three
+    alone = [voxel_ridge_cv_r2(x @ x.T, ys[:, j]) for j in range(3)]
+    np.testing.assert_allclose(together, alone, rtol=1e-10)
+    assert together[0] > 0.8 > together[1]
+
+
 def test_a_phenotype_written_in_the_voxels_is_recovered_and_noise_is_not():
     rng = np.random.default_rng(4)
     x = rng.normal(size=(300, 100))
@@ -113,9 +126,15 @@ def test_ceiling_table_scores_voxels_and_the_linear_code_on_the_same_sorted_subj
     x += 0.1 * rng.normal(size=x.shape)
     xc = x - x.mean(axis=0)
     ids = [f"s{i:03d}" for i in rng.permutation(n)]  # not sorted: the table sorts them
-    targets = pd.DataFrame({"strong": latent[:, 0], "weak": weak}, index=ids)
+    targets = pd.DataFrame({"strong": latent[:, 0], "weak": weak, "gappy": latent[:, 0]}, index=ids)
+    targets.iloc[:20, 2] = np.nan  # a target some subjects lack: regressed on the others alone
     table, codes = ceiling_table(ImageGram(xc @ xc.T, 120), ids, targets, n_components=3)
-    assert list(table["target"]) == ["strong", "weak"]
+    assert list(table["target"]) == ["strong", "weak", "gappy"]
+    order = np.argsort(ids)
+    keep = np.isfinite(targets["gappy"].to_numpy())[order]
+    gram_sorted = (xc @ xc.T)[np.ix_(order, order)]
+    assert table.iloc[2]["voxels_cv_r2"] == pytest.approx(
+        voxel_ridge_cv_r2(gram_sorted[np.ix_(keep, keep)], latent[order, 0][keep]), rel=1e-12)
     assert list(codes.index) == sorted(ids) and list(codes.columns) == ["udip_000", "udip_001", "udip_002"]
     strong, weak_row = table.iloc[0], table.iloc[1]
     assert strong["voxels_cv_r2"] > 0.95 and strong["pca_cv_r2"] > 0.95
